@@ -1,0 +1,114 @@
+//! Devices built into the core; the guest's accesses to them never reach Python.
+
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use super::{Device, IoAction, StopReason};
+use crate::error::Result;
+
+/// Accepts every write and reads as zeros; the cheapest possible device.
+pub struct Sink;
+
+impl Device for Sink {
+    fn name(&self) -> String {
+        "Sink".into()
+    }
+
+    fn read(&self, _offset: u64, data: &mut [u8]) -> Result<IoAction> {
+        data.fill(0);
+        Ok(IoAction::Continue)
+    }
+
+    fn write(&self, _offset: u64, _data: &[u8]) -> Result<IoAction> {
+        Ok(IoAction::Continue)
+    }
+}
+
+/// Like QEMU's isa-debug-exit: a write of value v ends the run with status v.
+pub struct DebugExit;
+
+impl Device for DebugExit {
+    fn name(&self) -> String {
+        "DebugExit".into()
+    }
+
+    fn read(&self, _offset: u64, data: &mut [u8]) -> Result<IoAction> {
+        data.fill(0);
+        Ok(IoAction::Continue)
+    }
+
+    fn write(&self, _offset: u64, data: &[u8]) -> Result<IoAction> {
+        let mut value = [0u8; 8];
+        let n = data.len().min(8);
+        value[..n].copy_from_slice(&data[..n]);
+        Ok(IoAction::Stop(StopReason::DebugExit(u64::from_le_bytes(
+            value,
+        ))))
+    }
+}
+
+/// Python handle of a device implemented in Rust; `vm.add_*_device` recognises
+/// it and puts the Rust device itself on the bus.
+#[pyclass(subclass, frozen, module = "pyfastvm.devices")]
+pub struct BuiltinDevice {
+    pub(crate) device: Arc<dyn Device>,
+}
+
+#[pymethods]
+impl BuiltinDevice {
+    /// Reads `size` bytes at `offset`, as the guest would.
+    fn read<'py>(&self, py: Python<'py>, offset: u64, size: usize) -> Result<Bound<'py, PyBytes>> {
+        let mut data = vec![0u8; size];
+        self.device.read(offset, &mut data)?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    /// Writes `data` at `offset`, as the guest would.
+    fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.device.write(offset, data).map(|_| ())
+    }
+
+    fn __repr__(&self) -> String {
+        format!("{}()", self.device.name())
+    }
+}
+
+fn builtin(device: impl Device + 'static) -> PyClassInitializer<BuiltinDevice> {
+    PyClassInitializer::from(BuiltinDevice {
+        device: Arc::new(device),
+    })
+}
+
+/// `pyfastvm.devices.Sink()`: accepts writes, reads as zeros.
+#[pyclass(extends = BuiltinDevice, frozen, module = "pyfastvm.devices", name = "Sink")]
+pub struct PySink;
+
+#[pymethods]
+impl PySink {
+    #[new]
+    fn py_new() -> PyClassInitializer<Self> {
+        builtin(Sink).add_subclass(PySink)
+    }
+}
+
+/// `pyfastvm.devices.DebugExit()`: a guest write of v ends the run with
+/// reason "debug_exit" and status v.
+#[pyclass(extends = BuiltinDevice, frozen, module = "pyfastvm.devices", name = "DebugExit")]
+pub struct PyDebugExit;
+
+#[pymethods]
+impl PyDebugExit {
+    #[new]
+    fn py_new() -> PyClassInitializer<Self> {
+        builtin(DebugExit).add_subclass(PyDebugExit)
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<BuiltinDevice>()?;
+    m.add_class::<PySink>()?;
+    m.add_class::<PyDebugExit>()?;
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! A device written in Python: any object with `read(offset, size) -> bytes`
+//! and `write(offset, data) -> None`.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyBytesMethods};
+
+use super::{Device, IoAction};
+use crate::error::{Error, Result};
+
+pub struct PythonDevice {
+    name: String,
+    read: Py<PyAny>,
+    write: Py<PyAny>,
+}
+
+impl PythonDevice {
+    /// Binds the object's `read` and `write` methods once, so an exit costs one call.
+    pub fn new(object: &Bound<'_, PyAny>) -> Result<Self> {
+        let name = object.get_type().name()?.to_string();
+        let method = |attr: &str| -> Result<Py<PyAny>> {
+            match object.getattr(attr) {
+                Ok(m) if m.is_callable() => Ok(m.unbind()),
+                _ => Err(Error::Device(format!(
+                    "{name} is not a device: it needs a callable {attr}() \
+                     (read(offset, size) -> bytes and write(offset, data) -> None; \
+                     see pyfastvm.Device)"
+                ))),
+            }
+        };
+        Ok(PythonDevice {
+            read: method("read")?,
+            write: method("write")?,
+            name,
+        })
+    }
+}
+
+impl Device for PythonDevice {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn read(&self, offset: u64, data: &mut [u8]) -> Result<IoAction> {
+        Python::attach(|py| {
+            let answer = self.read.call1(py, (offset, data.len()))?;
+            let bytes = answer.bind(py).cast::<PyBytes>().map_err(|_| {
+                Error::Device(format!(
+                    "{}.read({offset:#x}, {}) returned {}, not bytes",
+                    self.name,
+                    data.len(),
+                    answer
+                        .bind(py)
+                        .get_type()
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default()
+                ))
+            })?;
+            let bytes = bytes.as_bytes();
+            if bytes.len() != data.len() {
+                return Err(Error::Device(format!(
+                    "{}.read({offset:#x}, {}) returned {} bytes; it must return exactly {}",
+                    self.name,
+                    data.len(),
+                    bytes.len(),
+                    data.len()
+                )));
+            }
+            data.copy_from_slice(bytes);
+            Ok(IoAction::Continue)
+        })
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<IoAction> {
+        Python::attach(|py| {
+            self.write.call1(py, (offset, PyBytes::new(py, data)))?;
+            Ok(IoAction::Continue)
+        })
+    }
+}

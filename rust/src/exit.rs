@@ -1,0 +1,83 @@
+//! What `vcpu.run()` returns: why the guest stopped, with the details.
+
+use pyo3::prelude::*;
+
+/// The reason a run ended. `reason` is one of "hlt", "shutdown", "debug_exit",
+/// "fail_entry", "internal_error", "system_event", "stop" or "unhandled";
+/// the other fields are set where they apply and are None otherwise.
+#[pyclass(frozen, get_all, module = "pyfastvm")]
+#[derive(Debug, Default)]
+pub struct Exit {
+    pub reason: &'static str,
+    /// debug_exit: the value the guest wrote.
+    pub status: Option<u64>,
+    /// internal_error: KVM_INTERNAL_ERROR_* (1 is an emulation failure).
+    pub suberror: Option<u32>,
+    /// internal_error and system_event: the data words KVM reported.
+    pub data: Vec<u64>,
+    /// system_event: KVM_SYSTEM_EVENT_* (1 shutdown, 2 reset, 3 crash).
+    pub event_type: Option<u32>,
+    /// fail_entry: the hardware's entry failure reason.
+    pub hardware_entry_failure_reason: Option<u64>,
+    /// unhandled: the raw KVM_EXIT_* number.
+    pub exit_reason: Option<u32>,
+    /// internal_error from the instruction emulator: the bytes of the
+    /// instruction it could not emulate, when KVM reports them.
+    pub instruction: Option<Vec<u8>>,
+}
+
+impl Exit {
+    pub fn new(reason: &'static str) -> Self {
+        Exit {
+            reason,
+            ..Default::default()
+        }
+    }
+
+    pub fn debug_exit(status: u64) -> Self {
+        Exit {
+            status: Some(status),
+            ..Exit::new("debug_exit")
+        }
+    }
+
+    pub fn internal_error(suberror: u32, data: Vec<u64>, instruction: Option<Vec<u8>>) -> Self {
+        Exit {
+            suberror: Some(suberror),
+            data,
+            instruction,
+            ..Exit::new("internal_error")
+        }
+    }
+}
+
+#[pymethods]
+impl Exit {
+    fn __repr__(&self) -> String {
+        let mut details = Vec::new();
+        if let Some(v) = self.status {
+            details.push(format!("status={v}"));
+        }
+        if let Some(v) = self.suberror {
+            details.push(format!("suberror={v}"));
+        }
+        if let Some(v) = self.event_type {
+            details.push(format!("event_type={v}"));
+        }
+        if let Some(v) = self.hardware_entry_failure_reason {
+            details.push(format!("hardware_entry_failure_reason={v:#x}"));
+        }
+        if let Some(v) = self.exit_reason {
+            details.push(format!("exit_reason={v}"));
+        }
+        if let Some(b) = &self.instruction {
+            details.push(format!("instruction={b:02x?}"));
+        }
+        let mut text = format!("Exit(reason={:?}", self.reason);
+        for d in details {
+            text.push_str(", ");
+            text.push_str(&d);
+        }
+        text + ")"
+    }
+}

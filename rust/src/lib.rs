@@ -1,0 +1,54 @@
+//! pyfastvm._core: the KVM hot path of pyfastvm. Guest memory, the vCPU run
+//! loop and PIO/MMIO dispatch live here; Python composes the rest.
+
+mod bus;
+mod devices;
+mod error;
+mod exit;
+mod kvm;
+mod memory;
+mod regs;
+mod vcpu;
+mod vm;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    vcpu::install_kick_handler()?;
+    m.add_class::<kvm::Kvm>()?;
+    m.add_class::<vm::Vm>()?;
+    m.add_class::<vcpu::Vcpu>()?;
+    m.add_class::<exit::Exit>()?;
+    m.add_class::<memory::PyGuestMemory>()?;
+    m.add_class::<regs::Regs>()?;
+    m.add_class::<regs::Sregs>()?;
+    m.add_class::<regs::Segment>()?;
+    m.add_class::<regs::DTable>()?;
+    m.add_class::<regs::Fpu>()?;
+    m.add_class::<regs::CpuidEntry>()?;
+    devices::register_builtins(m)?;
+    for (name, exception) in [
+        ("VmmError", py.get_type::<error::VmmError>()),
+        (
+            "KvmUnavailableError",
+            py.get_type::<error::KvmUnavailableError>(),
+        ),
+        ("KvmError", py.get_type::<error::KvmError>()),
+        ("GuestMemoryError", py.get_type::<error::GuestMemoryError>()),
+        ("BusConflictError", py.get_type::<error::BusConflictError>()),
+        (
+            "UnclaimedAccessError",
+            py.get_type::<error::UnclaimedAccessError>(),
+        ),
+        ("DeviceError", py.get_type::<error::DeviceError>()),
+        ("VcpuBusyError", py.get_type::<error::VcpuBusyError>()),
+    ] {
+        m.add(name, exception)?;
+    }
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("MMIO_HOLE_START", memory::MMIO_HOLE_START)?;
+    m.add("MMIO_HOLE_END", memory::MMIO_HOLE_END)?;
+    Ok(())
+}

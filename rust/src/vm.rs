@@ -1,0 +1,210 @@
+//! A virtual machine: guest RAM registered with KVM, the PIO and MMIO buses,
+//! and its vCPUs.
+
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use pyo3::prelude::*;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::bus::{AddressSpace, Bus};
+use crate::devices::{BuiltinDevice, Device, PythonDevice};
+use crate::error::{Error, Result};
+use crate::kvm::Kvm;
+use crate::memory::{self, PyGuestMemory};
+use crate::vcpu::{Vcpu, VcpuShared};
+
+/// Where KVM_SET_TSS_ADDR puts the three pages Intel's real-mode emulation
+/// needs: inside the MMIO hole, below the BIOS ROM, as QEMU and kvmtool do.
+const TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// What the vCPU threads share: the VM fd, RAM and the buses. Field order is
+/// drop order: the VM fd is closed before the RAM it maps is unmapped.
+pub struct Machine {
+    vm_fd: VmFd,
+    ram: Arc<GuestMemoryMmap>,
+    pio: RwLock<Bus>,
+    mmio: RwLock<Bus>,
+    pub ignore_unclaimed: bool,
+}
+
+impl Machine {
+    fn bus(&self, space: AddressSpace) -> &RwLock<Bus> {
+        match space {
+            AddressSpace::Pio => &self.pio,
+            AddressSpace::Mmio => &self.mmio,
+        }
+    }
+
+    /// The device claiming `address`, cloned out so no lock is held while it
+    /// runs (a Python device may add devices of its own).
+    #[inline]
+    pub fn find_device(&self, space: AddressSpace, address: u64) -> Option<(u64, Arc<dyn Device>)> {
+        let bus = self
+            .bus(space)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        bus.find(address)
+            .map(|(offset, device)| (offset, device.clone()))
+    }
+
+    fn add_device(
+        &self,
+        space: AddressSpace,
+        base: u64,
+        length: u64,
+        device: &Bound<'_, PyAny>,
+    ) -> Result<()> {
+        let device: Arc<dyn Device> = match device.cast::<BuiltinDevice>() {
+            Ok(builtin) => builtin.get().device.clone(),
+            Err(_) => Arc::new(PythonDevice::new(device)?),
+        };
+        if space == AddressSpace::Pio && base.saturating_add(length) > 0x1_0000 {
+            return Err(Error::BusConflict(format!(
+                "PIO range {base:#x}+{length:#x} for {} goes past port 0xffff: x86 I/O ports are 16-bit",
+                device.name()
+            )));
+        }
+        let mut bus = self
+            .bus(space)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        bus.insert(base, length, device)
+    }
+}
+
+/// Registers every RAM region with KVM, one memory slot each.
+fn register_ram(vm_fd: &VmFd, ram: &GuestMemoryMmap) -> Result<()> {
+    for (slot, region) in ram.iter().enumerate() {
+        let host = ram.get_host_address(region.start_addr()).map_err(|e| {
+            Error::GuestMemory(format!("guest RAM region has no host mapping: {e}"))
+        })?;
+        let layout = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region is a live mapping of exactly `memory_size` bytes,
+        // owned by the Machine that also owns `vm_fd` and outlives it.
+        unsafe { vm_fd.set_user_memory_region(layout) }
+            .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(())
+}
+
+/// A KVM virtual machine with `memory_size` bytes of RAM.
+#[pyclass(frozen, module = "pyfastvm")]
+pub struct Vm {
+    kvm: Py<Kvm>,
+    machine: Arc<Machine>,
+    memory: Py<PyGuestMemory>,
+    vcpus: Mutex<Vec<Arc<VcpuShared>>>,
+}
+
+#[pymethods]
+impl Vm {
+    #[new]
+    #[pyo3(signature = (memory_size, kvm = None, ignore_unclaimed = false))]
+    fn py_new(
+        py: Python<'_>,
+        memory_size: u64,
+        kvm: Option<Py<Kvm>>,
+        ignore_unclaimed: bool,
+    ) -> Result<Self> {
+        let kvm = match kvm {
+            Some(kvm) => kvm,
+            None => Py::new(py, Kvm::open("/dev/kvm")?)?,
+        };
+        let ram = Arc::new(memory::allocate(memory_size)?);
+        let vm_fd = kvm
+            .get()
+            .kvm
+            .create_vm()
+            .map_err(Error::kvm("KVM_CREATE_VM"))?;
+        vm_fd
+            .set_tss_address(TSS_ADDRESS)
+            .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
+        register_ram(&vm_fd, &ram)?;
+        let memory = Py::new(py, PyGuestMemory { ram: ram.clone() })?;
+        let machine = Arc::new(Machine {
+            vm_fd,
+            ram,
+            pio: RwLock::new(Bus::new(AddressSpace::Pio)),
+            mmio: RwLock::new(Bus::new(AddressSpace::Mmio)),
+            ignore_unclaimed,
+        });
+        Ok(Vm {
+            kvm,
+            machine,
+            memory,
+            vcpus: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The /dev/kvm handle this VM was created from.
+    #[getter]
+    fn kvm(&self, py: Python<'_>) -> Py<Kvm> {
+        self.kvm.clone_ref(py)
+    }
+
+    /// Guest RAM: `read`, `write` and zero-copy `view`.
+    #[getter]
+    fn memory(&self, py: Python<'_>) -> Py<PyGuestMemory> {
+        self.memory.clone_ref(py)
+    }
+
+    #[getter]
+    fn memory_size(&self) -> u64 {
+        self.machine.ram.iter().map(|r| r.len()).sum()
+    }
+
+    #[getter]
+    fn ignore_unclaimed(&self) -> bool {
+        self.machine.ignore_unclaimed
+    }
+
+    /// Puts `device` on I/O ports `[base, base + length)`.
+    fn add_pio_device(&self, base: u64, length: u64, device: &Bound<'_, PyAny>) -> Result<()> {
+        self.machine
+            .add_device(AddressSpace::Pio, base, length, device)
+    }
+
+    /// Puts `device` on guest-physical addresses `[base, base + length)`.
+    fn add_mmio_device(&self, base: u64, length: u64, device: &Bound<'_, PyAny>) -> Result<()> {
+        self.machine
+            .add_device(AddressSpace::Mmio, base, length, device)
+    }
+
+    /// Creates vCPU `index` (KVM_CREATE_VCPU).
+    fn create_vcpu(&self, index: u32) -> Result<Vcpu> {
+        let mut vcpus = self.vcpus.lock().unwrap_or_else(PoisonError::into_inner);
+        if vcpus.iter().any(|v| v.index == index) {
+            return Err(Error::Device(format!(
+                "vCPU {index} already exists in this VM"
+            )));
+        }
+        let fd = self
+            .machine
+            .vm_fd
+            .create_vcpu(index.into())
+            .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+        let shared = Arc::new(VcpuShared::new(index, fd, self.machine.clone()));
+        vcpus.push(shared.clone());
+        Ok(Vcpu { shared })
+    }
+
+    /// Stops every vCPU of this VM (each `run()` returns reason "stop").
+    fn stop(&self) {
+        let vcpus = self.vcpus.lock().unwrap_or_else(PoisonError::into_inner);
+        for vcpu in vcpus.iter() {
+            vcpu.request_stop();
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Vm(memory_size={})", self.memory_size())
+    }
+}
