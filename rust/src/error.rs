@@ -77,6 +77,13 @@ pub enum Error {
         op: &'static str,
         source: kvm_ioctls::Error,
     },
+    #[error("KVM refused to {verb} MSR {index:#x} ({done} of {total} done): the host does not support it")]
+    MsrRefused {
+        verb: &'static str,
+        index: u32,
+        done: usize,
+        total: usize,
+    },
     #[error("{0}")]
     GuestMemory(String),
     #[error("{0}")]
@@ -118,7 +125,7 @@ impl From<Error> for PyErr {
             | Error::KvmOpen { .. }
             | Error::KvmApiVersion { .. }
             | Error::KvmCapabilities { .. } => KvmUnavailableError::new_err(message),
-            Error::Kvm { .. } => KvmError::new_err(message),
+            Error::Kvm { .. } | Error::MsrRefused { .. } => KvmError::new_err(message),
             Error::GuestMemory(_) => GuestMemoryError::new_err(message),
             Error::BusConflict(_) => BusConflictError::new_err(message),
             Error::UnclaimedAccess { .. } => UnclaimedAccessError::new_err(message),

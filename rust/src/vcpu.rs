@@ -408,13 +408,14 @@ fn msr_list(entries: &[kvm_msr_entry]) -> Result<Msrs> {
 }
 
 /// KVM_GET/SET_MSRS stop at the first MSR they refuse; name it.
-fn check_msr_count(verb: &str, done: usize, entries: &[kvm_msr_entry]) -> Result<()> {
+fn check_msr_count(verb: &'static str, done: usize, entries: &[kvm_msr_entry]) -> Result<()> {
     match entries.get(done) {
         None => Ok(()),
-        Some(refused) => Err(Error::Device(format!(
-            "KVM refused to {verb} MSR {:#x} ({done} of {} done): the host does not support it",
-            refused.index,
-            entries.len()
-        ))),
+        Some(refused) => Err(Error::MsrRefused {
+            verb,
+            index: refused.index,
+            done,
+            total: entries.len(),
+        }),
     }
 }

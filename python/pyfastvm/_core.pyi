@@ -1,0 +1,220 @@
+"""Type stubs for pyfastvm._core, the Rust extension."""
+
+from typing import Any, final
+
+__version__: str
+MMIO_HOLE_START: int
+MMIO_HOLE_END: int
+
+class VmmError(Exception): ...
+class KvmUnavailableError(VmmError): ...
+class KvmError(VmmError): ...
+class GuestMemoryError(VmmError): ...
+class BusConflictError(VmmError): ...
+class UnclaimedAccessError(VmmError): ...
+class DeviceError(VmmError): ...
+class VcpuBusyError(VmmError): ...
+
+@final
+class Kvm:
+    def __init__(self, path: str = "/dev/kvm") -> None: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def api_version(self) -> int: ...
+    @property
+    def vcpu_mmap_size(self) -> int: ...
+    def check_extension(self, cap: int) -> int: ...
+    def supported_cpuid(self) -> list[CpuidEntry]: ...
+
+@final
+class GuestMemory:
+    @property
+    def size(self) -> int: ...
+    @property
+    def regions(self) -> list[tuple[int, int]]: ...
+    def read(self, gpa: int, size: int) -> bytes: ...
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None: ...
+    def view(self, gpa: int, size: int) -> memoryview: ...
+
+@final
+class Vm:
+    def __init__(
+        self, memory_size: int, kvm: Kvm | None = None, ignore_unclaimed: bool = False
+    ) -> None: ...
+    @property
+    def kvm(self) -> Kvm: ...
+    @property
+    def memory(self) -> GuestMemory: ...
+    @property
+    def memory_size(self) -> int: ...
+    @property
+    def ignore_unclaimed(self) -> bool: ...
+    def add_pio_device(self, base: int, length: int, device: Any) -> None: ...
+    def add_mmio_device(self, base: int, length: int, device: Any) -> None: ...
+    def create_vcpu(self, index: int) -> Vcpu: ...
+    def stop(self) -> None: ...
+
+@final
+class Vcpu:
+    @property
+    def index(self) -> int: ...
+    def run(self) -> Exit: ...
+    def stop(self) -> None: ...
+    def get_regs(self) -> Regs: ...
+    def set_regs(self, regs: Regs) -> None: ...
+    def get_sregs(self) -> Sregs: ...
+    def set_sregs(self, sregs: Sregs) -> None: ...
+    def get_fpu(self) -> Fpu: ...
+    def set_fpu(self, fpu: Fpu) -> None: ...
+    def get_msrs(self, indices: list[int]) -> dict[int, int]: ...
+    def set_msrs(self, values: dict[int, int]) -> None: ...
+    def set_cpuid(self, entries: list[CpuidEntry]) -> None: ...
+
+@final
+class Exit:
+    reason: str
+    status: int | None
+    suberror: int | None
+    data: list[int]
+    event_type: int | None
+    hardware_entry_failure_reason: int | None
+    exit_reason: int | None
+    instruction: bytes | None
+
+class Regs:
+    rax: int
+    rbx: int
+    rcx: int
+    rdx: int
+    rsi: int
+    rdi: int
+    rsp: int
+    rbp: int
+    r8: int
+    r9: int
+    r10: int
+    r11: int
+    r12: int
+    r13: int
+    r14: int
+    r15: int
+    rip: int
+    rflags: int
+    def __init__(
+        self,
+        rax: int = 0,
+        rbx: int = 0,
+        rcx: int = 0,
+        rdx: int = 0,
+        rsi: int = 0,
+        rdi: int = 0,
+        rsp: int = 0,
+        rbp: int = 0,
+        r8: int = 0,
+        r9: int = 0,
+        r10: int = 0,
+        r11: int = 0,
+        r12: int = 0,
+        r13: int = 0,
+        r14: int = 0,
+        r15: int = 0,
+        rip: int = 0,
+        rflags: int = 0,
+    ) -> None: ...
+
+class Segment:
+    base: int
+    limit: int
+    selector: int
+    type: int
+    present: int
+    dpl: int
+    db: int
+    s: int
+    l: int
+    g: int
+    avl: int
+    unusable: int
+    def __init__(
+        self,
+        base: int = 0,
+        limit: int = 0,
+        selector: int = 0,
+        type: int = 0,
+        present: int = 0,
+        dpl: int = 0,
+        db: int = 0,
+        s: int = 0,
+        l: int = 0,
+        g: int = 0,
+        avl: int = 0,
+        unusable: int = 0,
+    ) -> None: ...
+
+class DTable:
+    base: int
+    limit: int
+    def __init__(self, base: int = 0, limit: int = 0) -> None: ...
+
+class Sregs:
+    cs: Segment
+    ds: Segment
+    es: Segment
+    fs: Segment
+    gs: Segment
+    ss: Segment
+    tr: Segment
+    ldt: Segment
+    gdt: DTable
+    idt: DTable
+    cr0: int
+    cr2: int
+    cr3: int
+    cr4: int
+    cr8: int
+    efer: int
+    apic_base: int
+    interrupt_bitmap: list[int]
+
+class Fpu:
+    fpr: list[bytes]
+    fcw: int
+    fsw: int
+    ftwx: int
+    last_opcode: int
+    last_ip: int
+    last_dp: int
+    xmm: list[bytes]
+    mxcsr: int
+
+class CpuidEntry:
+    function: int
+    index: int
+    flags: int
+    eax: int
+    ebx: int
+    ecx: int
+    edx: int
+    def __init__(
+        self,
+        function: int = 0,
+        index: int = 0,
+        flags: int = 0,
+        eax: int = 0,
+        ebx: int = 0,
+        ecx: int = 0,
+        edx: int = 0,
+    ) -> None: ...
+
+class BuiltinDevice:
+    def read(self, offset: int, size: int) -> bytes: ...
+    def write(self, offset: int, data: bytes) -> None: ...
+
+@final
+class Sink(BuiltinDevice):
+    def __init__(self) -> None: ...
+
+@final
+class DebugExit(BuiltinDevice):
+    def __init__(self) -> None: ...

@@ -1,0 +1,90 @@
+"""Tiny guest programs for the core tests: machine code as bytes, with the
+assembly (Intel syntax) beside it, and the vCPU set-up each mode needs."""
+
+from __future__ import annotations
+
+import pyfastvm
+from pyfastvm.boot.long_mode import enter_long_mode
+
+CODE_ADDRESS = 0x10000
+REAL_MODE_CODE = 0x1000
+STACK_TOP = 0x80000
+SERIAL_PORT = 0x3F8
+DEBUG_EXIT_PORT = 0xF4
+MMIO_BASE = 0xD000_0000  # in the 32-bit hole: never RAM
+
+
+def real_mode_vcpu(vm: pyfastvm.Vm, code: bytes, index: int = 0) -> pyfastvm.Vcpu:
+    """A vCPU in real mode with CS = DS = 0, executing `code` at 0x1000."""
+    vm.memory.write(REAL_MODE_CODE, code)
+    vcpu = vm.create_vcpu(index)
+    sregs = vcpu.get_sregs()
+    for segment in (sregs.cs, sregs.ds, sregs.es, sregs.ss):
+        segment.base = 0
+        segment.selector = 0
+    vcpu.set_sregs(sregs)
+    vcpu.set_regs(pyfastvm.Regs(rip=REAL_MODE_CODE, rsp=0x8000, rflags=2))
+    return vcpu
+
+
+def long_mode_vcpu(
+    vm: pyfastvm.Vm,
+    code: bytes,
+    index: int = 0,
+    *,
+    user: bool = False,
+    address: int = CODE_ADDRESS,
+) -> pyfastvm.Vcpu:
+    """A vCPU in 64-bit mode (CPL 3 with `user`) executing `code` at `address`."""
+    vm.memory.write(address, code)
+    vcpu = vm.create_vcpu(index)
+    enter_long_mode(vcpu, vm.memory, user=user)
+    regs = vcpu.get_regs()
+    regs.rip = address
+    regs.rsp = STACK_TOP - 0x1000 * index
+    vcpu.set_regs(regs)
+    return vcpu
+
+
+class Recorder(pyfastvm.Device):
+    """Collects writes; reads return bytes from `answer`, least significant first."""
+
+    def __init__(self, answer: int = 0) -> None:
+        self.writes: list[tuple[int, bytes]] = []
+        self.reads: list[tuple[int, int]] = []
+        self.answer = answer
+
+    def read(self, offset: int, size: int) -> bytes:
+        self.reads.append((offset, size))
+        return self.answer.to_bytes(8, "little")[:size]
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.writes.append((offset, data))
+
+    @property
+    def text(self) -> bytes:
+        return b"".join(data for _, data in self.writes)
+
+
+# Real mode: mov si, 0x1100; mov cx, 5; mov dx, 0x3f8; cld; rep outsb; hlt
+REAL_REP_OUTSB = bytes.fromhex("be0011b90500baf803fcf36ef4")
+# Real mode: mov di, 0x1200; mov cx, 4; mov dx, 0x3f8; cld; rep insb; hlt
+REAL_REP_INSB = bytes.fromhex("bf0012b90400baf803fcf36cf4")
+# Real mode: mov ax, 0xf000; mov ds, ax; mov eax, [0x10]; hlt   (reads 0xf0010)
+REAL_MMIO_READ = bytes.fromhex("b800f08ed866a11000f4")
+
+# 64-bit: lea rsi, [rip + msg]; mov ecx, 5; mov dx, 0x3f8; cld; rep outsb;
+#         out 0xf4, al; msg: "hello"        (no hlt: it would fault at CPL 3)
+LONG_REP_OUTSB = bytes.fromhex("488d350e000000b90500000066baf803fcf36ee6f4") + b"hello"
+# 64-bit: mov ebx, 0xd0000000; mov rax, [rbx]; mov dword [rbx + 8], 0xcafef00d; hlt
+LONG_MMIO_READ_WRITE = bytes.fromhex("bb000000d0488b03c743080df0fecaf4")
+# 64-bit: ud2   (with an empty IDT: #UD, #DF, then a triple fault)
+LONG_UD2 = bytes.fromhex("0f0b")
+# 64-bit: jmp $   (spins forever)
+LONG_SPIN = bytes.fromhex("ebfe")
+# 64-bit: mov eax, 42; out 0xf4, eax
+LONG_DEBUG_EXIT_42 = bytes.fromhex("b82a000000e7f4")
+# 64-bit: mov dx, 0x1234; in al, dx; hlt   (a port nobody claims)
+LONG_UNCLAIMED_IN = bytes.fromhex("66ba3412ecf4")
+# 64-bit: mov ecx, 1000; 1: mov dx, 0x3f8; out dx, al; dec ecx; jnz 1b; out 0xf4, al
+LONG_THOUSAND_OUTS = bytes.fromhex("b9e803000066baf803eeffc975f7e6f4")

@@ -1,0 +1,53 @@
+"""Creating and dropping VMs releases every file descriptor, mapping and thread."""
+
+import contextlib
+import gc
+import os
+import threading
+
+import pyfastvm
+from guests import DEBUG_EXIT_PORT, LONG_THOUSAND_OUTS, SERIAL_PORT, Recorder, long_mode_vcpu
+from pyfastvm.devices import DebugExit
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def mappings() -> int:
+    with open("/proc/self/maps") as maps:
+        return sum(1 for _ in maps)
+
+
+def boot_and_drop(kvm: pyfastvm.Kvm) -> None:
+    vm = pyfastvm.Vm(4 << 20, kvm=kvm)
+    vm.add_pio_device(SERIAL_PORT, 1, Recorder())
+    vm.add_pio_device(DEBUG_EXIT_PORT, 1, DebugExit())
+    for index in range(2):
+        vcpu = long_mode_vcpu(vm, LONG_THOUSAND_OUTS, index)
+        assert vcpu.run().reason == "debug_exit"
+    with contextlib.suppress(pyfastvm.GuestMemoryError):
+        vm.memory.read(8 << 20, 1)
+
+
+def test_a_hundred_vms_leak_no_fds_mappings_or_threads() -> None:
+    kvm = pyfastvm.Kvm()
+    boot_and_drop(kvm)  # warm up lazily created state
+    gc.collect()
+    fds, maps, threads = open_fds(), mappings(), threading.active_count()
+    for _ in range(100):
+        boot_and_drop(kvm)
+    gc.collect()
+    assert open_fds() == fds
+    assert mappings() == maps
+    assert threading.active_count() == threads
+
+
+def test_vms_with_their_own_kvm_handle_leak_nothing() -> None:
+    pyfastvm.Vm(1 << 20).create_vcpu(0)
+    gc.collect()
+    fds = open_fds()
+    for _ in range(100):
+        pyfastvm.Vm(1 << 20).create_vcpu(0)
+    gc.collect()
+    assert open_fds() == fds
