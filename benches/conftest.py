@@ -1,0 +1,62 @@
+"""Fixtures of the exit-latency benchmarks, and a summary of per-exit costs
+and their ratios to the floors, all measured in one run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import exit_floor
+import pytest
+from guest_loops import COUNT_ADDRESS
+
+# Per-exit medians in nanoseconds, by (mode, case), filled in by the benchmarks.
+PER_EXIT_NS: dict[tuple[str, str], float] = {}
+
+Recorder = Callable[[str, str, float, int], None]
+FloorStarter = Callable[[str, bytes], exit_floor.ExitFloor]
+
+
+@pytest.fixture
+def record_per_exit() -> Recorder:
+    def record(mode: str, case: str, batch_seconds: float, exits_per_batch: int) -> None:
+        PER_EXIT_NS[(mode, case)] = batch_seconds * 1e9 / exits_per_batch
+
+    return record
+
+
+@pytest.fixture(scope="session")
+def floor_binary() -> Path:
+    return exit_floor.build()
+
+
+@pytest.fixture
+def start_floor(floor_binary: Path) -> Iterator[FloorStarter]:
+    started: list[exit_floor.ExitFloor] = []
+
+    def start(mode: str, code: bytes) -> exit_floor.ExitFloor:
+        started.append(exit_floor.ExitFloor(floor_binary, mode, code, COUNT_ADDRESS))
+        return started[-1]
+
+    yield start
+    for floor in started:
+        floor.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not PER_EXIT_NS:
+        return
+    write = terminalreporter.write_line
+    write("\nPer-exit cost (median of the batch medians):")
+    for (mode, case), ns in sorted(PER_EXIT_NS.items()):
+        write(f"  {mode:5} {case:24} {ns:9.0f} ns")
+    for mode in sorted({mode for mode, _ in PER_EXIT_NS}):
+        for bus in ("pio", "mmio"):
+            floor = PER_EXIT_NS.get((mode, f"{bus}_floor_rust_loop"))
+            rust = PER_EXIT_NS.get((mode, f"{bus}_rust_sink"))
+            python = PER_EXIT_NS.get((mode, f"{bus}_python_device"))
+            if floor and rust and python:
+                write(
+                    f"  {mode:5} {bus:4}: Rust sink {rust / floor:.3f}x the floor; "
+                    f"Python device = floor + {(python - floor) / 1000:.2f} us"
+                )
