@@ -88,3 +88,8 @@ LONG_DEBUG_EXIT_42 = bytes.fromhex("b82a000000e7f4")
 LONG_UNCLAIMED_IN = bytes.fromhex("66ba3412ecf4")
 # 64-bit: mov ecx, 1000; 1: mov dx, 0x3f8; out dx, al; dec ecx; jnz 1b; out 0xf4, al
 LONG_THOUSAND_OUTS = bytes.fromhex("b9e803000066baf803eeffc975f7e6f4")
+# 64-bit: mov dx, 0x3f8; mov al, 'h'; out dx, al; mov al, 'i'; out dx, al; in al, dx;
+#         out 0xf4, al   (transmits "hi", then reports the received byte)
+LONG_SERIAL_ECHO = bytes.fromhex("66baf803b068eeb069eeece6f4")
+# 64-bit: mov al, 0xfe; out 0x64, al; hlt   (the keyboard controller's CPU reset)
+LONG_I8042_RESET = bytes.fromhex("b0fee664f4")

@@ -216,6 +216,7 @@ impl VcpuShared {
         Ok(match action {
             IoAction::Continue => None,
             IoAction::Stop(StopReason::DebugExit(status)) => Some(Exit::debug_exit(status)),
+            IoAction::Stop(StopReason::Reset) => Some(Exit::new("reset")),
         })
     }
 
@@ -395,6 +396,39 @@ impl Vcpu {
             .map_err(|_| Error::Device(format!("too many CPUID entries: {}", raw.len())))?;
         self.shared
             .with_fd(|fd| fd.set_cpuid2(&cpuid).map_err(Error::kvm("KVM_SET_CPUID2")))
+    }
+
+    /// The local APIC's register page (struct kvm_lapic_state), 1024 bytes.
+    fn get_lapic(&self) -> Result<Vec<u8>> {
+        self.shared.with_fd(|fd| {
+            let lapic = fd.get_lapic().map_err(Error::kvm("KVM_GET_LAPIC"))?;
+            Ok(lapic.regs.iter().map(|&b| b as u8).collect())
+        })
+    }
+
+    fn set_lapic(&self, regs: &[u8]) -> Result<()> {
+        let mut lapic = kvm_bindings::kvm_lapic_state::default();
+        if regs.len() != lapic.regs.len() {
+            return Err(Error::Device(format!(
+                "set_lapic takes the {}-byte register page, not {} bytes",
+                lapic.regs.len(),
+                regs.len()
+            )));
+        }
+        for (to, &from) in lapic.regs.iter_mut().zip(regs) {
+            *to = from as libc::c_char;
+        }
+        self.shared
+            .with_fd(|fd| fd.set_lapic(&lapic).map_err(Error::kvm("KVM_SET_LAPIC")))
+    }
+
+    /// Translates guest-virtual `gva` through the guest's page tables
+    /// (KVM_TRANSLATE); None when it is not mapped.
+    fn translate(&self, gva: u64) -> Result<Option<u64>> {
+        self.shared.with_fd(|fd| {
+            let t = fd.translate_gva(gva).map_err(Error::kvm("KVM_TRANSLATE"))?;
+            Ok((t.valid != 0).then_some(t.physical_address))
+        })
     }
 
     fn __repr__(&self) -> String {

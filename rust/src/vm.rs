@@ -3,10 +3,13 @@
 
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use kvm_bindings::kvm_userspace_memory_region;
+use std::os::fd::{FromRawFd, RawFd};
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::VmFd;
 use pyo3::prelude::*;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{AddressSpace, Bus};
 use crate::devices::{BuiltinDevice, Device, PythonDevice};
@@ -176,6 +179,54 @@ impl Vm {
     fn add_mmio_device(&self, base: u64, length: u64, device: &Bound<'_, PyAny>) -> Result<()> {
         self.machine
             .add_device(AddressSpace::Mmio, base, length, device)
+    }
+
+    /// Creates the in-kernel PIC, IOAPIC and local APICs (KVM_CREATE_IRQCHIP);
+    /// before any vCPU is created.
+    fn create_irqchip(&self) -> Result<()> {
+        self.machine
+            .vm_fd
+            .create_irq_chip()
+            .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))
+    }
+
+    /// Creates the in-kernel i8254 PIT, with a dummy speaker port (KVM_CREATE_PIT2).
+    fn create_pit(&self) -> Result<()> {
+        let config = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        self.machine
+            .vm_fd
+            .create_pit2(config)
+            .map_err(Error::kvm("KVM_CREATE_PIT2"))
+    }
+
+    /// Routes signals on eventfd `fd` to interrupt line `gsi` inside KVM (KVM_IRQFD),
+    /// so a device raises its interrupt without an exit.
+    fn register_irqfd(&self, fd: RawFd, gsi: u32) -> Result<()> {
+        // SAFETY: dup gives us our own descriptor for the caller's open file;
+        // KVM checks that it is an eventfd.
+        let own = unsafe { libc::dup(fd) };
+        if own < 0 {
+            return Err(Error::Device(format!(
+                "register_irqfd: fd {fd} is not open"
+            )));
+        }
+        // SAFETY: `own` is a fresh descriptor that nothing else owns.
+        let eventfd = unsafe { EventFd::from_raw_fd(own) };
+        self.machine
+            .vm_fd
+            .register_irqfd(&eventfd, gsi)
+            .map_err(Error::kvm("KVM_IRQFD"))
+    }
+
+    /// Raises (`active`) or lowers interrupt line `irq` (KVM_IRQ_LINE).
+    fn set_irq_line(&self, irq: u32, active: bool) -> Result<()> {
+        self.machine
+            .vm_fd
+            .set_irq_line(irq, active)
+            .map_err(Error::kvm("KVM_IRQ_LINE"))
     }
 
     /// Creates vCPU `index` (KVM_CREATE_VCPU).

@@ -75,10 +75,9 @@ impl BuiltinDevice {
     }
 }
 
-fn builtin(device: impl Device + 'static) -> PyClassInitializer<BuiltinDevice> {
-    PyClassInitializer::from(BuiltinDevice {
-        device: Arc::new(device),
-    })
+/// The base-class part of a built-in device's Python handle.
+pub(super) fn initializer(device: Arc<dyn Device>) -> PyClassInitializer<BuiltinDevice> {
+    PyClassInitializer::from(BuiltinDevice { device })
 }
 
 /// `pyfastvm.devices.Sink()`: accepts writes, reads as zeros.
@@ -89,7 +88,7 @@ pub struct PySink;
 impl PySink {
     #[new]
     fn py_new() -> PyClassInitializer<Self> {
-        builtin(Sink).add_subclass(PySink)
+        initializer(Arc::new(Sink)).add_subclass(PySink)
     }
 }
 
@@ -102,7 +101,7 @@ pub struct PyDebugExit;
 impl PyDebugExit {
     #[new]
     fn py_new() -> PyClassInitializer<Self> {
-        builtin(DebugExit).add_subclass(PyDebugExit)
+        initializer(Arc::new(DebugExit)).add_subclass(PyDebugExit)
     }
 }
 
@@ -110,5 +109,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<BuiltinDevice>()?;
     m.add_class::<PySink>()?;
     m.add_class::<PyDebugExit>()?;
+    m.add_class::<super::serial::PySerial>()?;
+    m.add_class::<super::i8042::PyI8042>()?;
     Ok(())
 }

@@ -2,7 +2,9 @@
 //! the adapter for devices written in Python.
 
 mod builtin;
+mod i8042;
 mod python;
+mod serial;
 
 #[cfg(test)]
 pub use builtin::Sink;
@@ -25,6 +27,8 @@ pub enum IoAction {
 pub enum StopReason {
     /// The guest wrote `status` to a debug-exit port.
     DebugExit(u64),
+    /// The guest asked for a machine reset.
+    Reset,
 }
 
 /// A device on a bus. `offset` is relative to the base of its range; `data`
