@@ -17,41 +17,61 @@ from ._core import (
     Vm,
     __version__,
 )
+from .config import ConfigError, DeviceSpec, VMConfig
 from .device import Device
 from .errors import (
     BusConflictError,
     DeviceError,
+    GuestError,
     GuestMemoryError,
+    GuestPanicError,
+    GuestTimeoutError,
+    HostLimitationError,
     KvmError,
     KvmUnavailableError,
     UnclaimedAccessError,
     VcpuBusyError,
     VmmError,
 )
+from .init_chain import InitChain, InitStepError
+from .machine import MicroVM
+from .runner import RunResult, run
 
 __all__ = [
     "MMIO_HOLE_END",
     "MMIO_HOLE_START",
     "BusConflictError",
+    "ConfigError",
     "CpuidEntry",
     "DTable",
     "Device",
     "DeviceError",
+    "DeviceSpec",
     "Exit",
     "Fpu",
+    "GuestError",
     "GuestMemory",
     "GuestMemoryError",
+    "GuestPanicError",
+    "GuestTimeoutError",
+    "HostLimitationError",
+    "InitChain",
+    "InitStepError",
     "Kvm",
     "KvmError",
     "KvmUnavailableError",
+    "MicroVM",
     "Regs",
+    "RunResult",
     "Segment",
     "Sregs",
     "UnclaimedAccessError",
+    "VMConfig",
     "Vcpu",
     "VcpuBusyError",
     "Vm",
     "VmmError",
     "__version__",
     "devices",
+    "run",
 ]

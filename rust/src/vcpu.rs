@@ -422,6 +422,24 @@ impl Vcpu {
             .with_fd(|fd| fd.set_lapic(&lapic).map_err(Error::kvm("KVM_SET_LAPIC")))
     }
 
+    /// Queues exception `vector` (with `error_code`, if it has one) for delivery
+    /// through the guest IDT on the next entry (KVM_SET_VCPU_EVENTS).
+    #[pyo3(signature = (vector, error_code = None))]
+    fn inject_exception(&self, vector: u8, error_code: Option<u32>) -> Result<()> {
+        self.shared.with_fd(|fd| {
+            let mut events = fd
+                .get_vcpu_events()
+                .map_err(Error::kvm("KVM_GET_VCPU_EVENTS"))?;
+            events.exception.injected = 1;
+            events.exception.nr = vector;
+            events.exception.has_error_code = u8::from(error_code.is_some());
+            events.exception.error_code = error_code.unwrap_or(0);
+            events.flags = 0;
+            fd.set_vcpu_events(&events)
+                .map_err(Error::kvm("KVM_SET_VCPU_EVENTS"))
+        })
+    }
+
     /// Translates guest-virtual `gva` through the guest's page tables
     /// (KVM_TRANSLATE); None when it is not mapped.
     fn translate(&self, gva: u64) -> Result<Option<u64>> {

@@ -12,12 +12,11 @@ import struct
 from dataclasses import dataclass
 
 from .._core import GuestMemory, Segment, Vcpu
-
-GDT_ADDRESS = 0x500
-PML4_ADDRESS = 0x9000
-PDPT_ADDRESS = 0xA000
-PD_ADDRESS = 0xB000  # four page directories, 0xB000-0xEFFF
-IDENTITY_MAPPED_GIB = 4
+from .layout import BOOT_GDT_ADDR as GDT_ADDRESS
+from .layout import PD_ADDR as PD_ADDRESS
+from .layout import PD_COUNT as IDENTITY_MAPPED_GIB
+from .layout import PDPT_ADDR as PDPT_ADDRESS
+from .layout import PML4_ADDR as PML4_ADDRESS
 
 KERNEL_CODE_SELECTOR = 0x10
 KERNEL_DATA_SELECTOR = 0x18

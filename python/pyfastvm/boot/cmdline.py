@@ -1,0 +1,32 @@
+"""The kernel command line pyfastvm boots with, before the user's own."""
+
+from __future__ import annotations
+
+# Console on COM1; a panic resets at once, and a reset goes through the i8042
+# (reboot=k), which ends the VM with reason "reset". The i8042 here only
+# resets, so the keyboard driver must not probe for more.
+BASE_ARGS = (
+    "console=ttyS0",
+    "reboot=k",
+    "panic=-1",
+    "i8042.noaux",
+    "i8042.nomux",
+    "i8042.nopnp",
+    "i8042.dumbkbd",
+    "cryptomgr.notests",
+)
+
+# KVM on PVM runs guest kernel code through KVM's instruction emulator.
+# These CPU features make the kernel use instructions the emulator lacks
+# (XSAVE/XRSTOR, CMPXCHG16B, POPCNT, SSE4, AES-NI, STAC/CLAC); KVM_SET_CPUID2
+# cannot hide them on such a host, so the kernel is told to leave them alone.
+PVM_ARGS = (
+    "noxsave",
+    "clearcpuid=cx16,popcnt,sse4_1,sse4_2,aes,smap",
+)
+
+
+def kernel_cmdline(user_args: str = "", *, pvm_host: bool = False) -> str:
+    """pyfastvm's arguments, the PVM ones where needed, then the user's."""
+    args = [*BASE_ARGS, *(PVM_ARGS if pvm_host else ()), user_args.strip()]
+    return " ".join(a for a in args if a)

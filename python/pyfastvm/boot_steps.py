@@ -1,0 +1,145 @@
+"""The built-in init steps that turn a VMConfig into a PC-like micro-VM ready
+to boot Linux, in kvmtool's levels: core (the VM), base (interrupt
+controllers, timer), dev (devices), late (kernel and vCPUs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ._core import Vm
+from .boot import BootPlan, load_kernel
+from .boot.cmdline import kernel_cmdline
+from .boot.long_mode import enter_long_mode
+from .config import VMConfig
+from .devices import I8042, Serial
+from .host import is_pvm_host
+from .init_chain import InitChain
+from .vcpu_runner import VcpuRunner
+from .x86.cpuid import vcpu_cpuid
+from .x86.lapic import wire_local_interrupts
+from .x86.msrs import boot_msrs
+
+COM1_PORT, COM1_IRQ, UART_PORTS = 0x3F8, 4, 8
+I8042_PORT, I8042_PORTS = 0x60, 5  # data 0x60, command/status 0x64
+BOOT_STACK = 0x8FF0  # below the page tables; Linux switches stacks at once
+X87_CONTROL_DEFAULT = 0x37F  # FNINIT's control word (SDM vol. 1, 8.1.5)
+MXCSR_DEFAULT = 0x1F80  # all SIMD exceptions masked (SDM vol. 1, 10.2.3.1)
+
+
+@dataclass
+class MachineContext:
+    """What the init steps build, step by step."""
+
+    config: VMConfig
+    # Appended to the initrd as another cpio archive (pyfastvm.run's runner).
+    initrd_overlay: bytes = b""
+    # Boot a bzImage as the vmlinux inside it, decompressed on the host.
+    decompress_kernel: bool = True
+    pvm_host: bool = field(default_factory=is_pvm_host)
+    vm: Vm | None = None
+    serial: Serial | None = None
+    plan: BootPlan | None = None
+    vcpus: list[VcpuRunner] = field(default_factory=list)
+
+    @property
+    def machine(self) -> Vm:
+        assert self.vm is not None, "the 'vm' step has not run"
+        return self.vm
+
+
+def create_vm(ctx: MachineContext) -> None:
+    # Ports nobody claims read as 0xff, as on a PC, so probes find nothing.
+    ctx.vm = Vm(ctx.config.memory_bytes, ignore_unclaimed=True)
+
+
+def drop_vm(ctx: MachineContext) -> None:
+    ctx.vm = None
+
+
+def add_serial(ctx: MachineContext) -> None:
+    serial = Serial()
+    ctx.machine.add_pio_device(COM1_PORT, UART_PORTS, serial)
+    ctx.machine.register_irqfd(serial.irq_fd, COM1_IRQ)
+    ctx.serial = serial
+
+
+def drop_serial(ctx: MachineContext) -> None:
+    ctx.serial = None
+
+
+def add_i8042(ctx: MachineContext) -> None:
+    ctx.machine.add_pio_device(I8042_PORT, I8042_PORTS, I8042())
+
+
+def add_user_devices(ctx: MachineContext) -> None:
+    for spec in ctx.config.devices:
+        add = ctx.machine.add_pio_device if spec.bus == "pio" else ctx.machine.add_mmio_device
+        add(spec.base, spec.length, spec.device)
+
+
+def initrd_image(ctx: MachineContext) -> bytes | None:
+    """The user's initrd, then the overlay, each 4-byte aligned as the
+    kernel's initramfs unpacker wants concatenated archives."""
+    user = ctx.config.initrd.read_bytes() if ctx.config.initrd is not None else b""
+    user += bytes(-len(user) % 4)
+    image = user + ctx.initrd_overlay
+    return image or None
+
+
+def load_linux(ctx: MachineContext) -> None:
+    assert ctx.config.kernel is not None, "VMConfig.kernel is required to boot"
+    ctx.plan = load_kernel(
+        ctx.config.kernel,
+        memory_size=ctx.config.memory_bytes,
+        cmdline=kernel_cmdline(ctx.config.cmdline, pvm_host=ctx.pvm_host),
+        initrd=initrd_image(ctx),
+        decompress=ctx.decompress_kernel,
+    )
+    ctx.plan.write_to(ctx.machine.memory)
+
+
+def create_vcpus(ctx: MachineContext) -> None:
+    supported = ctx.machine.kvm.supported_cpuid()
+    count = ctx.config.vcpus
+    for index in range(count):
+        vcpu = ctx.machine.create_vcpu(index)
+        vcpu.set_cpuid(vcpu_cpuid(supported, apic_id=index, vcpu_count=count))
+        vcpu.set_msrs(boot_msrs())
+        wire_local_interrupts(vcpu)
+        ctx.vcpus.append(VcpuRunner.for_vcpu(vcpu, ctx.machine.memory))
+    enter_linux(ctx)
+
+
+def enter_linux(ctx: MachineContext) -> None:
+    """The boot vCPU as the 64-bit boot protocol asks: long mode with the
+    boot GDT, RSI = the zero page, interrupts off (Documentation/arch/x86/
+    boot.rst, "64-bit Boot Protocol")."""
+    assert ctx.plan is not None
+    vcpu = ctx.vcpus[0].vcpu
+    enter_long_mode(vcpu, ctx.machine.memory)
+    fpu = vcpu.get_fpu()
+    fpu.fcw, fpu.mxcsr = X87_CONTROL_DEFAULT, MXCSR_DEFAULT
+    vcpu.set_fpu(fpu)
+    regs = vcpu.get_regs()
+    regs.rip, regs.rsi, regs.rsp = ctx.plan.entry_64, ctx.plan.zero_page_addr, BOOT_STACK
+    vcpu.set_regs(regs)
+
+
+def drop_vcpus(ctx: MachineContext) -> None:
+    ctx.vcpus.clear()
+
+
+def default_init_chain() -> InitChain[MachineContext]:
+    """The steps of a Linux micro-VM; add your own before starting it."""
+    chain: InitChain[MachineContext] = InitChain()
+    chain.add("vm", "core", create_vm, drop_vm)
+    chain.add("irqchip", "base", lambda ctx: ctx.machine.create_irqchip())
+    chain.add("pit", "base", lambda ctx: ctx.machine.create_pit())
+    chain.add("serial", "dev", add_serial, drop_serial)
+    chain.add(
+        "i8042", "dev", lambda ctx: ctx.machine.add_pio_device(I8042_PORT, I8042_PORTS, I8042())
+    )
+    chain.add("devices", "dev", add_user_devices)
+    chain.add("kernel", "late", load_linux)
+    chain.add("vcpus", "late", create_vcpus, drop_vcpus)
+    return chain

@@ -1,0 +1,50 @@
+"""The `pyfastvm` command: `pyfastvm run [options] -- COMMAND ...`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ._core import VmmError
+from .runner import DEFAULT_TIMEOUT, run
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyfastvm", description=__doc__)
+    commands = parser.add_subparsers(dest="action", required=True)
+    boot = commands.add_parser("run", help="boot a micro-VM and run COMMAND in it")
+    boot.add_argument("--kernel", help="bzImage or ELF vmlinux (default: Debian's cloud kernel)")
+    boot.add_argument("--initrd", help="an initrd whose files the guest also gets")
+    boot.add_argument("--memory", default="256M", help="guest RAM, e.g. 512M (default 256M)")
+    boot.add_argument("--vcpus", type=int, default=1, help="number of vCPUs (default 1)")
+    boot.add_argument("--cmdline", default="", help="extra kernel command line arguments")
+    boot.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds")
+    boot.add_argument("--console", action="store_true", help="show the guest console on stderr")
+    boot.add_argument("command", nargs="+", help="the command to run in the guest")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result = run(
+            args.command,
+            kernel=args.kernel,
+            initrd=args.initrd,
+            memory=args.memory,
+            vcpus=args.vcpus,
+            cmdline=args.cmdline,
+            timeout=args.timeout,
+            console=sys.stderr.buffer if args.console else None,
+        )
+    except VmmError as error:
+        print(f"pyfastvm: {error}", file=sys.stderr)
+        return 125
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.flush()
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""pyfastvm.run: boot a kernel, run one command in it, return its output and
+exit code, separated from the kernel's console lines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import VMConfig
+from .errors import GuestError, GuestPanicError, GuestTimeoutError, HostLimitationError
+from .guest.console_protocol import INIT_MILESTONE, ConsoleProtocol, new_nonce
+from .guest.debian import busybox_static, debian_kernel
+from .guest.initramfs import build_initramfs
+from .machine import ConsoleSink, MicroVM, console_writer
+
+DEFAULT_TIMEOUT = 600.0
+# After the guest has reported, how long it may take to power itself off.
+POWER_OFF_GRACE = 10.0
+INIT_KILLED = "Attempted to kill init"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What `run` returns: the command's exit code and output, the whole
+    console log, the seconds from start to the init, and why the VM ended."""
+
+    exit_code: int
+    stdout: bytes
+    console: str
+    boot_time: float
+    stop_reason: str
+
+
+def run(
+    command: Sequence[str],
+    *,
+    kernel: Path | str | None = None,
+    initrd: Path | str | None = None,
+    memory: int | str = "256M",
+    vcpus: int = 1,
+    cmdline: str = "",
+    timeout: float = DEFAULT_TIMEOUT,
+    console: ConsoleSink = None,
+) -> RunResult:
+    """Boots `kernel` (by default Debian's cloud kernel) with `initrd` (if
+    given, its files come first) plus pyfastvm's busybox runner, runs
+    `command` as the guest's only program and returns its result."""
+    config = VMConfig(
+        kernel=Path(kernel) if kernel is not None else debian_kernel(),
+        initrd=Path(initrd) if initrd is not None else None,
+        cmdline=cmdline,
+        memory=memory,
+        vcpus=vcpus,
+        timeout=timeout,
+    )
+    nonce = new_nonce()
+    protocol = ConsoleProtocol(nonce)
+    overlay = build_initramfs(list(command), nonce=nonce, busybox=busybox_static())
+
+    user_console = console_writer(console)
+
+    def on_console(data: bytes) -> None:
+        protocol.feed(data)
+        if user_console is not None:
+            user_console(data)
+
+    with MicroVM(config, console=on_console, initrd_overlay=overlay) as machine:
+        stop_reason = _wait_for_report(machine, protocol, timeout)
+    return _result(machine, protocol, stop_reason)
+
+
+def _wait_for_report(machine: MicroVM, protocol: ConsoleProtocol, timeout: float) -> str:
+    """Waits for the guest's report, then for it to power off by itself."""
+    if machine.wait_until(lambda: protocol.finished, timeout):
+        try:
+            return machine.wait(POWER_OFF_GRACE)
+        except GuestTimeoutError:
+            return "stopped"  # it reported, but did not power off
+    return machine.wait(0)
+
+
+def _result(machine: MicroVM, protocol: ConsoleProtocol, stop_reason: str) -> RunResult:
+    protocol.close()
+    if not protocol.finished:
+        raise _no_report_error(machine, stop_reason)
+    assert protocol.exit_code is not None
+    return RunResult(
+        exit_code=protocol.exit_code,
+        stdout=protocol.stdout,
+        console=machine.console,
+        boot_time=machine.milestones.get(INIT_MILESTONE, 0.0),
+        stop_reason=stop_reason,
+    )
+
+
+def _no_report_error(machine: MicroVM, stop_reason: str) -> GuestError:
+    panic = machine.panic
+    if panic is not None and INIT_KILLED in panic and machine.context.pvm_host:
+        return HostLimitationError(
+            "the kernel booted and started /init, but init was killed at its first "
+            "system call: this host's /dev/kvm is KVM on PVM (no VMX/SVM), where a "
+            "SYSCALL from guest user mode does not reach the guest kernel, so guest "
+            "user space cannot run. Run on a host with hardware virtualization. "
+            f"Kernel: {panic}"
+        )
+    if panic is not None:
+        return GuestPanicError(f"the guest kernel panicked: {panic}", panic=panic)
+    tail = "\n".join(machine.console.splitlines()[-5:])
+    return GuestError(
+        f"the VM ended ({stop_reason}) before the command reported its result; "
+        f"last console lines:\n{tail}"
+    )
