@@ -36,6 +36,7 @@ from .errors import (
 from .init_chain import InitChain, InitStepError
 from .machine import MicroVM
 from .runner import RunResult, run
+from .x86.emulation_assist import EmulationFailureError
 
 __all__ = [
     "MMIO_HOLE_END",
@@ -47,6 +48,7 @@ __all__ = [
     "Device",
     "DeviceError",
     "DeviceSpec",
+    "EmulationFailureError",
     "Exit",
     "Fpu",
     "GuestError",

@@ -18,11 +18,12 @@ BASE_ARGS = (
 
 # KVM on PVM runs guest kernel code through KVM's instruction emulator.
 # These CPU features make the kernel use instructions the emulator lacks
-# (XSAVE/XRSTOR, CMPXCHG16B, POPCNT, SSE4, AES-NI, STAC/CLAC); KVM_SET_CPUID2
+# (XSAVE/XRSTOR, CMPXCHG16B, POPCNT, SSSE3 and SSE4 (the kernel's BLAKE2s and
+# CRC code), AES-NI, STAC/CLAC); KVM_SET_CPUID2
 # cannot hide them on such a host, so the kernel is told to leave them alone.
 PVM_ARGS = (
     "noxsave",
-    "clearcpuid=cx16,popcnt,sse4_1,sse4_2,aes,smap",
+    "clearcpuid=cx16,popcnt,ssse3,sse4_1,sse4_2,aes,smap",
 )
 
 

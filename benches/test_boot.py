@@ -1,0 +1,103 @@
+"""Boot benchmarks: the VMM's own set-up cost, and a Linux boot to its init
+beside QEMU's microvm booting the same kernel and initramfs in the same run.
+
+On a KVM-on-PVM host a boot takes minutes of emulated guest time and guest
+user space cannot run, so there the end-to-end figure is the time to
+"Run /init as init process"; on hardware KVM it is `run(["true"])`.
+Each boot is one round: they are long and their spread is small beside them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
+
+import pyfastvm
+from pyfastvm.boot.cmdline import kernel_cmdline
+from pyfastvm.guest.console_protocol import INIT_MILESTONE, new_nonce
+from pyfastvm.guest.debian import busybox_static, debian_kernel
+from pyfastvm.guest.initramfs import build_initramfs
+from pyfastvm.host import is_pvm_host
+
+PVM = is_pvm_host()
+BOOT_TIMEOUT = 1500.0
+QEMU = shutil.which("qemu-system-x86_64")
+
+
+@pytest.fixture(scope="module")
+def initramfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("initramfs") / "true.cpio"
+    path.write_bytes(build_initramfs(["true"], nonce=new_nonce(), busybox=busybox_static()))
+    return path
+
+
+def test_setup_until_the_first_guest_instruction(benchmark: BenchmarkFixture) -> None:
+    """MicroVM.start(): the init chain (VM, devices, host-side kernel
+    decompression and loading, vCPU state) until the vCPU threads run."""
+    config = pyfastvm.VMConfig(kernel=debian_kernel())
+    machines: list[pyfastvm.MicroVM] = []
+
+    def start() -> None:
+        machines.append(pyfastvm.MicroVM(config).start())
+
+    def teardown() -> None:
+        while machines:
+            machines.pop().close()
+
+    benchmark.pedantic(start, setup=teardown, rounds=5)
+    teardown()
+
+
+def test_stock_kernel_boot(benchmark: BenchmarkFixture) -> None:
+    def boot() -> None:
+        if PVM:
+            config = pyfastvm.VMConfig(kernel=debian_kernel())
+            with pyfastvm.MicroVM(config) as machine:
+                machine.wait_for(INIT_MILESTONE, timeout=BOOT_TIMEOUT)
+        else:
+            assert pyfastvm.run(["true"], timeout=BOOT_TIMEOUT).exit_code == 0
+
+    benchmark.extra_info["measures"] = "boot to init" if PVM else 'run(["true"]) end to end'
+    benchmark.pedantic(boot, rounds=1)
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86 is not installed")
+def test_qemu_microvm_stock_kernel_boot(benchmark: BenchmarkFixture, initramfs: Path) -> None:
+    """The same kernel, initramfs and command line under QEMU's microvm."""
+    assert QEMU is not None
+    command = [
+        QEMU, "-M", "microvm", "-enable-kvm", "-cpu", "max", "-m", "256M",
+        "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
+        "-kernel", str(debian_kernel()), "-initrd", str(initramfs),
+        "-append", kernel_cmdline(pvm_host=PVM),
+    ]  # fmt: skip
+    outcome: dict[str, object] = {}
+
+    def boot() -> None:
+        outcome.update(_time_to_init(command))
+
+    benchmark.pedantic(boot, rounds=1)
+    benchmark.extra_info.update(outcome)
+
+
+def _time_to_init(command: list[str]) -> dict[str, object]:
+    """Runs QEMU until the kernel starts init, it exits, or the timeout."""
+    start = time.monotonic()
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as qemu:
+        assert qemu.stdout is not None
+        log = b""
+        try:
+            for line in qemu.stdout:
+                log += line
+                if INIT_MILESTONE.encode() in line or time.monotonic() - start > BOOT_TIMEOUT:
+                    break
+        finally:
+            qemu.kill()
+    reached = INIT_MILESTONE.encode() in log
+    tail = log.decode(errors="replace").splitlines()[-3:]
+    return {"reached_init": reached, "seconds": time.monotonic() - start, "last_lines": tail}
