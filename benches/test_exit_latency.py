@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pyfastvm
 import pytest
 from conftest import FloorStarter, Recorder
 from guest_loops import (
@@ -25,9 +24,11 @@ from guest_loops import (
     PIO_LOOP,
     SINK_PORT,
 )
+from pytest_benchmark.fixture import BenchmarkFixture
+
+import pyfastvm
 from pyfastvm.boot.long_mode import enter_long_mode
 from pyfastvm.devices import DebugExit, Sink
-from pytest_benchmark.fixture import BenchmarkFixture
 
 BATCH = 1000
 ROUNDS = 30

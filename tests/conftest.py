@@ -1,5 +1,6 @@
-import pyfastvm
 import pytest
+
+import pyfastvm
 
 
 @pytest.fixture

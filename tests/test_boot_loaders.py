@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+
 from pyfastvm.boot import (
     BootError,
     BootPlan,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from pyfastvm.config import ConfigError, DeviceSpec, VMConfig, parse_size
 from pyfastvm.devices import Sink
 

@@ -12,6 +12,7 @@ import os
 import random
 
 import pytest
+
 from pyfastvm.guest.console_protocol import (
     ConsoleProtocol,
     decode_frame,

@@ -2,7 +2,6 @@
 
 import traceback
 
-import pyfastvm
 import pytest
 from guests import (
     DEBUG_EXIT_PORT,
@@ -19,6 +18,8 @@ from guests import (
     long_mode_vcpu,
     real_mode_vcpu,
 )
+
+import pyfastvm
 from pyfastvm.devices import DebugExit, Sink
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+
 from pyfastvm.guest import cache
 from pyfastvm.guest.ar import read_ar
 from pyfastvm.guest.console_protocol import DATA_LINE_CHARS, ConsoleProtocol

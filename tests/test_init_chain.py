@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import pyfastvm
 import pytest
+
+import pyfastvm
 from pyfastvm.init_chain import InitChain, InitStepError
 
 Log = list[str]

@@ -4,8 +4,9 @@ import os
 import subprocess
 import sys
 
-import pyfastvm
 import pytest
+
+import pyfastvm
 
 KVM_CAP_USER_MEMORY = 3
 KVM_CAP_NR_VCPUS = 9

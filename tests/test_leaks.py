@@ -5,8 +5,9 @@ import gc
 import os
 import threading
 
-import pyfastvm
 from guests import DEBUG_EXIT_PORT, LONG_THOUSAND_OUTS, SERIAL_PORT, Recorder, long_mode_vcpu
+
+import pyfastvm
 from pyfastvm.devices import DebugExit
 
 

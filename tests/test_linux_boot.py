@@ -9,8 +9,9 @@ import os
 import threading
 from pathlib import Path
 
-import pyfastvm
 import pytest
+
+import pyfastvm
 from pyfastvm.boot import GuestMemoryTooSmallError, KernelFormatError
 from pyfastvm.config import ConfigError, VMConfig
 from pyfastvm.guest.debian import debian_kernel, debian_kernel_release

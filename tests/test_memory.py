@@ -1,7 +1,8 @@
 """Guest RAM: layout around the MMIO hole, copies, zero-copy views, bounds."""
 
-import pyfastvm
 import pytest
+
+import pyfastvm
 
 GiB = 1 << 30
 

@@ -4,7 +4,6 @@ with the in-kernel interrupt controllers and PIT."""
 import os
 import select
 
-import pyfastvm
 import pytest
 from guests import (
     DEBUG_EXIT_PORT,
@@ -13,6 +12,8 @@ from guests import (
     SERIAL_PORT,
     long_mode_vcpu,
 )
+
+import pyfastvm
 from pyfastvm.devices import I8042, DebugExit, Serial
 
 COM1_IRQ = 4

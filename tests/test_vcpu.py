@@ -9,7 +9,6 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import pyfastvm
 import pytest
 from guests import (
     DEBUG_EXIT_PORT,
@@ -21,6 +20,8 @@ from guests import (
     long_mode_vcpu,
     real_mode_vcpu,
 )
+
+import pyfastvm
 from pyfastvm.devices import DebugExit, Sink
 from pyfastvm.host import is_pvm_host
 

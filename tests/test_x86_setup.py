@@ -1,8 +1,9 @@
 """The x86 state pyfastvm gives a Linux guest: CPUID, MSRs, the local APIC
 pins, the kernel command line, and the decoding behind emulation assists."""
 
-import pyfastvm
 import pytest
+
+import pyfastvm
 from pyfastvm.boot.cmdline import kernel_cmdline
 from pyfastvm.x86.cpuid import KVM_FEATURES_LEAF, KVM_SIGNATURE_LEAF, vcpu_cpuid
 from pyfastvm.x86.emulation_assist import decode_memory_operand
