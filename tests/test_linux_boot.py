@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -89,8 +90,8 @@ def test_repeated_start_and_teardown_leak_nothing() -> None:
     config = VMConfig(kernel=debian_kernel())
 
     def start_and_stop() -> None:
-        with MicroVM(config) as machine:
-            machine.wait_until(lambda: bool(machine.console), timeout=60)
+        with MicroVM(config):
+            time.sleep(0.2)  # the vCPU and console threads are running
 
     start_and_stop()
     gc.collect()
@@ -100,3 +101,17 @@ def test_repeated_start_and_teardown_leak_nothing() -> None:
     gc.collect()
     assert set(os.listdir("/proc/self/fd")) == fds
     assert threading.active_count() == threads
+
+
+def test_microvm_streams_the_console_and_waits_for_text(tmp_path: Path) -> None:
+    chunks: list[bytes] = []
+    log_file = tmp_path / "console.log"
+    with log_file.open("wb") as sink, MicroVM(VMConfig(kernel=debian_kernel()), console=sink) as vm:
+        seconds = vm.wait_for("Linux version", timeout=STOCK_BOOT_TIMEOUT)
+        assert seconds > 0 and "Linux version" in vm.console
+        assert vm.stop_reason is None
+        chunks.append(vm.console.encode())
+    assert vm.stop_reason == "stopped"
+    assert log_file.read_bytes().startswith(chunks[0][:100])
+    with pytest.raises(pyfastvm.VmmError, match="stopped"):
+        vm.wait_for("never printed", timeout=1)
