@@ -22,11 +22,13 @@ from pyfastvm.boot.cmdline import kernel_cmdline
 from pyfastvm.guest.console_protocol import INIT_MILESTONE, new_nonce
 from pyfastvm.guest.debian import busybox_static, debian_kernel
 from pyfastvm.guest.initramfs import build_initramfs
+from pyfastvm.guest.minimal_kernel import minimal_kernel
 from pyfastvm.host import is_pvm_host
 
 PVM = is_pvm_host()
 BOOT_TIMEOUT = 1500.0
 QEMU = shutil.which("qemu-system-x86_64")
+KERNELS = {"minimal": minimal_kernel, "stock": debian_kernel}
 
 
 @pytest.fixture(scope="module")
@@ -53,27 +55,31 @@ def test_setup_until_the_first_guest_instruction(benchmark: BenchmarkFixture) ->
     teardown()
 
 
-def test_stock_kernel_boot(benchmark: BenchmarkFixture) -> None:
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_pyfastvm_boot(benchmark: BenchmarkFixture, kernel: str) -> None:
+    path = KERNELS[kernel]()
+
     def boot() -> None:
         if PVM:
-            config = pyfastvm.VMConfig(kernel=debian_kernel())
+            config = pyfastvm.VMConfig(kernel=path)
             with pyfastvm.MicroVM(config) as machine:
                 machine.wait_for(INIT_MILESTONE, timeout=BOOT_TIMEOUT)
         else:
-            assert pyfastvm.run(["true"], timeout=BOOT_TIMEOUT).exit_code == 0
+            assert pyfastvm.run(["true"], kernel=path, timeout=BOOT_TIMEOUT).exit_code == 0
 
     benchmark.extra_info["measures"] = "boot to init" if PVM else 'run(["true"]) end to end'
     benchmark.pedantic(boot, rounds=1)
 
 
 @pytest.mark.skipif(QEMU is None, reason="qemu-system-x86 is not installed")
-def test_qemu_microvm_stock_kernel_boot(benchmark: BenchmarkFixture, initramfs: Path) -> None:
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_qemu_microvm_boot(benchmark: BenchmarkFixture, initramfs: Path, kernel: str) -> None:
     """The same kernel, initramfs and command line under QEMU's microvm."""
     assert QEMU is not None
     command = [
         QEMU, "-M", "microvm", "-enable-kvm", "-cpu", "max", "-m", "256M",
         "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
-        "-kernel", str(debian_kernel()), "-initrd", str(initramfs),
+        "-kernel", str(KERNELS[kernel]()), "-initrd", str(initramfs),
         "-append", kernel_cmdline(pvm_host=PVM),
     ]  # fmt: skip
     outcome: dict[str, object] = {}

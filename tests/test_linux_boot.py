@@ -1,11 +1,14 @@
-"""Booting real Linux kernels: Debian's stock cloud kernel and, for the bad
-input cases, whatever is cheapest. Slow on KVM-on-PVM hosts, where guest
-kernel code runs through KVM's instruction emulator."""
+"""Booting real Linux kernels: Debian's stock cloud kernel once, and the
+minimal test kernel (pyfastvm.guest.minimal_kernel) for the rest, since every
+boot is slow on KVM-on-PVM hosts, where guest kernel code runs through KVM's
+instruction emulator."""
 
 from __future__ import annotations
 
 import gc
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +19,7 @@ import pyfastvm
 from pyfastvm.boot import GuestMemoryTooSmallError, KernelFormatError
 from pyfastvm.config import ConfigError, VMConfig
 from pyfastvm.guest.debian import debian_kernel, debian_kernel_release
+from pyfastvm.guest.minimal_kernel import minimal_kernel
 from pyfastvm.host import is_pvm_host
 from pyfastvm.init_chain import InitStepError
 from pyfastvm.machine import MicroVM
@@ -29,6 +33,7 @@ needs_guest_user_space = pytest.mark.skipif(
 # The stock kernel needs minutes of guest time to reach its init under KVM's
 # instruction emulator on a PVM host; a fraction of a second on hardware KVM.
 STOCK_BOOT_TIMEOUT = 1500.0
+MINIMAL_BOOT_TIMEOUT = 300.0
 
 
 @pytest.mark.slow
@@ -82,12 +87,35 @@ def test_a_missing_initrd_is_refused_before_anything_starts(tmp_path: Path) -> N
 def test_a_guest_that_never_ends_times_out_and_is_torn_down() -> None:
     threads = threading.active_count()
     with pytest.raises(pyfastvm.GuestTimeoutError, match="still running after 3"):
-        pyfastvm.run(["sleep", "1000"], timeout=3, cmdline="panic=0")
+        pyfastvm.run(["sleep", "1000"], kernel=minimal_kernel(), timeout=3, cmdline="panic=0")
     assert threading.active_count() == threads
 
 
+def test_the_minimal_kernel_boots_to_init() -> None:
+    """On a PVM host the init dies at its first system call, and run() says
+    why; on hardware KVM the command runs."""
+    if PVM:
+        with pytest.raises(pyfastvm.HostLimitationError, match="guest user space cannot run"):
+            pyfastvm.run(["true"], kernel=minimal_kernel(), timeout=MINIMAL_BOOT_TIMEOUT)
+    else:
+        result = pyfastvm.run(["echo", "hi"], kernel=minimal_kernel(), timeout=MINIMAL_BOOT_TIMEOUT)
+        assert (result.exit_code, result.stdout) == (0, b"hi\n")
+        assert "Run /init as init process" in result.console
+
+
+def test_a_kernel_panic_raises_with_the_panic_text() -> None:
+    no_init = "rdinit=/none init=/none"
+    with pytest.raises(pyfastvm.GuestPanicError, match="panicked: Kernel panic") as caught:
+        pyfastvm.run(
+            ["true"], kernel=minimal_kernel(), cmdline=no_init, timeout=MINIMAL_BOOT_TIMEOUT
+        )
+    assert (
+        caught.value.panic == "Kernel panic - not syncing: Requested init /none failed (error -2)."
+    )
+
+
 def test_repeated_start_and_teardown_leak_nothing() -> None:
-    config = VMConfig(kernel=debian_kernel())
+    config = VMConfig(kernel=minimal_kernel())
 
     def start_and_stop() -> None:
         with MicroVM(config):
@@ -106,8 +134,9 @@ def test_repeated_start_and_teardown_leak_nothing() -> None:
 def test_microvm_streams_the_console_and_waits_for_text(tmp_path: Path) -> None:
     chunks: list[bytes] = []
     log_file = tmp_path / "console.log"
-    with log_file.open("wb") as sink, MicroVM(VMConfig(kernel=debian_kernel()), console=sink) as vm:
-        seconds = vm.wait_for("Linux version", timeout=STOCK_BOOT_TIMEOUT)
+    config = VMConfig(kernel=minimal_kernel())
+    with log_file.open("wb") as sink, MicroVM(config, console=sink) as vm:
+        seconds = vm.wait_for("Linux version", timeout=MINIMAL_BOOT_TIMEOUT)
         assert seconds > 0 and "Linux version" in vm.console
         assert vm.stop_reason is None
         chunks.append(vm.console.encode())
@@ -115,3 +144,14 @@ def test_microvm_streams_the_console_and_waits_for_text(tmp_path: Path) -> None:
     assert log_file.read_bytes().startswith(chunks[0][:100])
     with pytest.raises(pyfastvm.VmmError, match="stopped"):
         vm.wait_for("never printed", timeout=1)
+
+
+def test_the_cli_prints_the_output_and_exits_with_the_code() -> None:
+    command = [sys.executable, "-m", "pyfastvm", "run", "--kernel", str(minimal_kernel())]
+    command += ["--", "sh", "-c", "echo from-the-guest; exit 7"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=MINIMAL_BOOT_TIMEOUT)
+    if PVM:
+        assert done.returncode == 125
+        assert "pyfastvm: " in done.stderr and "KVM on PVM" in done.stderr
+    else:
+        assert (done.returncode, done.stdout) == (7, "from-the-guest\n")

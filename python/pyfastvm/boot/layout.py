@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from itertools import pairwise
 
+from pyfastvm import _core
+
 KIB = 1 << 10
 MIB = 1 << 20
 GIB = 1 << 30
@@ -59,9 +61,9 @@ CMDLINE_CAPACITY = EBDA_START - CMDLINE_ADDR
 # bzImage protected-mode code is loaded at 1 MiB (LOADED_HIGH).
 BZIMAGE_LOAD_ADDR = HIGH_MEMORY_START
 
-# 32-bit PCI MMIO hole: RAM stops at 3 GiB and resumes at 4 GiB.
-MMIO_HOLE_START = 3 * GIB
-MMIO_HOLE_END = 4 * GIB
+# 32-bit PCI MMIO hole: RAM stops at 3 GiB and resumes at 4 GiB (the core's layout).
+MMIO_HOLE_START = _core.MMIO_HOLE_START
+MMIO_HOLE_END = _core.MMIO_HOLE_END
 
 
 def low_ram_end(memory_size: int) -> int:
