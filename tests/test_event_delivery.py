@@ -1,0 +1,88 @@
+"""Exceptions delivered to a guest handler at CPL 0, including the #BP that
+pyfastvm injects to complete an INT3 the instruction emulator lacks.
+
+Earlier small probes on KVM-on-PVM hosts saw every CPL-0 delivery end in a
+triple fault, while Linux guests take them. The condition they missed: the
+IDT gate's code selector must name a present 64-bit code descriptor in the
+GDT *in guest memory*. Delivery reloads CS from there; the hidden segment
+state set with KVM_SET_SREGS is not enough. With the descriptor in memory,
+delivery works at CPL 0 on PVM hosts as on hardware; without it, both shut
+down."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from guests import DEBUG_EXIT_PORT, long_mode_vcpu
+
+import pyfastvm
+from pyfastvm.boot.long_mode import GDT_ADDRESS, KERNEL_CODE_SELECTOR
+from pyfastvm.devices import DebugExit
+from pyfastvm.x86.emulation_assist import EmulationAssist, is_emulation_failure
+
+HANDLER = 0x20000
+IDT = 0x30000
+# Handler: mov al, 0x33; out 0xf4, al   (reports that it ran)
+HANDLER_CODE = bytes.fromhex("b033e6f4")
+HANDLED = 0x33
+# Guest: nop; nop; jmp $   (the #BP is injected before it runs)
+IDLE = bytes.fromhex("9090ebfe")
+# Guest: ud2; jmp $
+UD2 = bytes.fromhex("0f0bebfe")
+# Guest: int3; jmp $
+INT3 = bytes.fromhex("ccebfe")
+
+
+def interrupt_gate(handler: int, selector: int) -> bytes:
+    """A 64-bit interrupt gate (SDM vol. 3A, 6.14.1), present, DPL 0, no IST."""
+    low = handler & 0xFFFF | selector << 16
+    high = (handler >> 16 & 0xFFFF) << 16 | 0x8E << 8
+    return struct.pack("<IIII", low, high, handler >> 32, 0)
+
+
+def guest_with_idt(code: bytes, *, gdt_in_memory: bool = True) -> tuple[pyfastvm.Vm, pyfastvm.Vcpu]:
+    vm = pyfastvm.Vm(16 << 20)
+    vm.add_pio_device(DEBUG_EXIT_PORT, 1, DebugExit())
+    vcpu = long_mode_vcpu(vm, code)
+    vm.memory.write(HANDLER, HANDLER_CODE)
+    gates = b"".join(interrupt_gate(HANDLER, KERNEL_CODE_SELECTOR) for _ in range(32))
+    vm.memory.write(IDT, gates)
+    sregs = vcpu.get_sregs()
+    sregs.idt.base, sregs.idt.limit = IDT, len(gates) - 1
+    vcpu.set_sregs(sregs)
+    if not gdt_in_memory:
+        vm.memory.write(GDT_ADDRESS, bytes(sregs.gdt.limit + 1))
+    return vm, vcpu
+
+
+def test_an_injected_breakpoint_reaches_the_cpl0_handler() -> None:
+    _, vcpu = guest_with_idt(IDLE)
+    vcpu.inject_exception(3)
+    exit = vcpu.run()
+    assert (exit.reason, exit.status) == ("debug_exit", HANDLED)
+
+
+def test_a_guest_exception_reaches_the_cpl0_handler() -> None:
+    _, vcpu = guest_with_idt(UD2)
+    assert vcpu.run().status == HANDLED
+
+
+@pytest.mark.parametrize("code", [IDLE, UD2], ids=["injected", "raised"])
+def test_without_the_gdt_in_memory_delivery_shuts_down(code: bytes) -> None:
+    _, vcpu = guest_with_idt(code, gdt_in_memory=False)
+    if code == IDLE:
+        vcpu.inject_exception(3)
+    assert vcpu.run().reason == "shutdown"
+
+
+def test_int3_reaches_the_handler_with_the_assist_where_kvm_cannot_emulate_it() -> None:
+    vm, vcpu = guest_with_idt(INT3)
+    assist = EmulationAssist(vcpu, vm.memory)
+    exit = vcpu.run()
+    if is_emulation_failure(exit):  # KVM on PVM: INT3 is not emulated at CPL 0
+        assert exit.instruction is not None and exit.instruction[0] == 0xCC
+        assist.complete(exit)
+        exit = vcpu.run()
+        assert assist.completed == {"int3": 1}
+    assert exit.status == HANDLED
