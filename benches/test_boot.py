@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from pyfastvm.host import is_pvm_host
 
 PVM = is_pvm_host()
 BOOT_TIMEOUT = 1500.0
+# QEMU hangs on some kernels on PVM hosts; how long it gets before that is recorded.
+QEMU_TIMEOUT = 300.0
 QEMU = shutil.which("qemu-system-x86_64")
 KERNELS = {"minimal": minimal_kernel, "stock": debian_kernel}
 
@@ -56,12 +59,12 @@ def test_setup_until_the_first_guest_instruction(benchmark: BenchmarkFixture) ->
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_pyfastvm_boot(benchmark: BenchmarkFixture, kernel: str) -> None:
+def test_pyfastvm_boot(benchmark: BenchmarkFixture, initramfs: Path, kernel: str) -> None:
     path = KERNELS[kernel]()
 
     def boot() -> None:
         if PVM:
-            config = pyfastvm.VMConfig(kernel=path)
+            config = pyfastvm.VMConfig(kernel=path, initrd=initramfs)
             with pyfastvm.MicroVM(config) as machine:
                 machine.wait_for(INIT_MILESTONE, timeout=BOOT_TIMEOUT)
         else:
@@ -92,18 +95,24 @@ def test_qemu_microvm_boot(benchmark: BenchmarkFixture, initramfs: Path, kernel:
 
 
 def _time_to_init(command: list[str]) -> dict[str, object]:
-    """Runs QEMU until the kernel starts init, it exits, or the timeout."""
+    """Runs QEMU until the kernel starts init, QEMU exits, or QEMU_TIMEOUT."""
     start = time.monotonic()
+    log = b""
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as qemu:
         assert qemu.stdout is not None
-        log = b""
+        watchdog = threading.Timer(QEMU_TIMEOUT, qemu.kill)
+        watchdog.start()
         try:
             for line in qemu.stdout:
                 log += line
-                if INIT_MILESTONE.encode() in line or time.monotonic() - start > BOOT_TIMEOUT:
+                if INIT_MILESTONE.encode() in line:
                     break
         finally:
+            watchdog.cancel()
             qemu.kill()
-    reached = INIT_MILESTONE.encode() in log
     tail = log.decode(errors="replace").splitlines()[-3:]
-    return {"reached_init": reached, "seconds": time.monotonic() - start, "last_lines": tail}
+    return {
+        "reached_init": INIT_MILESTONE.encode() in log,
+        "seconds": round(time.monotonic() - start, 2),
+        "last_lines": tail,
+    }

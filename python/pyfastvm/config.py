@@ -9,14 +9,17 @@ from pathlib import Path
 from typing import Literal
 
 from ._core import VmmError
+from .boot.layout import MIB, MMIO_HOLE_END, MMIO_HOLE_START, PAGE_SIZE, ram_ranges
 
-MIB = 1 << 20
+# A floor that catches unit slips (memory=256 is 256 bytes). It is far below
+# what a kernel needs on purpose: the kernel loader knows that figure and says it.
 MIN_MEMORY = 4 * MIB
 MAX_VCPUS = 255
-CMDLINE_LIMIT = 2047  # the x86 kernel's COMMAND_LINE_SIZE less its NUL
-PIO_LIMIT = 0x1_0000
-_SIZE = re.compile(r"(?P<number>\d+)\s*(?P<unit>[KMGT]?)(?:I?B)?", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+CMDLINE_LIMIT = 2047  # the x86 kernel's COMMAND_LINE_SIZE (2048) less its NUL
+BUS_LIMITS = {"pio": 1 << 16, "mmio": 1 << 64}  # x86 I/O ports are 16-bit
+SIZE_FORMS = "bytes as an int or digits (268435456), or digits with K, M, G or T (256M, 1G, 512MiB)"
+_SIZE = re.compile(r"(?P<number>\d+)\s*(?:(?P<unit>[KMGT])(?:I?B)?|B)?", re.IGNORECASE)
+_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 class ConfigError(VmmError, ValueError):
@@ -24,26 +27,29 @@ class ConfigError(VmmError, ValueError):
 
 
 def parse_size(size: int | str) -> int:
-    """Bytes from an int or a size such as "256M", "1G", "512MiB", "4096"."""
-    if isinstance(size, int):
-        value = size
-    else:
-        match = _SIZE.fullmatch(size.strip())
-        if match is None:
-            raise ConfigError(
-                f"memory size {size!r} is not a size: use bytes (268435456) or a number "
-                "with K, M, G or T (256M, 1G, 512MiB)"
-            )
-        value = int(match["number"]) * _UNITS[match["unit"].upper()]
+    """Bytes from a positive int or a size such as "256M", "1G", "512MiB",
+    "4096". Units are binary: K is 1024."""
+    if isinstance(size, bool) or not isinstance(size, int | str):
+        raise ConfigError(f"memory size {size!r} is a {type(size).__name__}: give {SIZE_FORMS}")
+    value = size if isinstance(size, int) else _parse_size_text(size)
     if value <= 0:
-        raise ConfigError(f"memory size {size!r} must be positive")
+        raise ConfigError(f"memory size {size!r} must be positive: give {SIZE_FORMS}")
     return value
+
+
+def _parse_size_text(size: str) -> int:
+    match = _SIZE.fullmatch(size.strip())
+    if match is None:
+        raise ConfigError(f"memory size {size!r} is not a size: give {SIZE_FORMS}")
+    unit = match["unit"]
+    return int(match["number"]) * (_UNITS[unit.upper()] if unit else 1)
 
 
 @dataclass(frozen=True)
 class DeviceSpec:
-    """A device to put on a bus: `device` is built in or any object with
-    read(offset, size) and write(offset, data)."""
+    """A device to put on a bus at [base, base + length): `device` is built in
+    (pyfastvm.devices) or any object with read(offset, size) and
+    write(offset, data)."""
 
     bus: Literal["pio", "mmio"]
     base: int
@@ -53,17 +59,26 @@ class DeviceSpec:
 
     @property
     def label(self) -> str:
+        """The name, or the device's class name when it has none."""
         return self.name or type(self.device).__name__
 
     @property
     def end(self) -> int:
         return self.base + self.length
 
+    def describe(self) -> str:
+        """Label, bus and range, for error messages."""
+        return f"{self.label} ({self.bus} {self.base:#x}-{self.end - 1:#x})"
+
 
 @dataclass(frozen=True)
 class VMConfig:
     """A micro-VM: kernel, initrd, command line, memory, vCPUs and devices.
-    Every value is checked on creation (ConfigError names what is wrong)."""
+
+    Every value is checked on creation, so a VMConfig that exists is valid;
+    ConfigError names what is wrong and how to fix it. Mutating ``devices``
+    afterwards bypasses that; call ``validate()`` again if you do.
+    """
 
     kernel: Path | None = None
     initrd: Path | None = None
@@ -74,57 +89,109 @@ class VMConfig:
     timeout: float | None = None
 
     def __post_init__(self) -> None:
-        self._check_file("kernel", self.kernel, "pass kernel=PATH (--kernel PATH)")
-        self._check_file("initrd", self.initrd, "pass initrd=PATH, or none")
-        self._check_memory()
-        if not 1 <= self.vcpus <= MAX_VCPUS:
-            raise ConfigError(f"vcpus={self.vcpus}: a VM has 1 to {MAX_VCPUS} vCPUs")
-        self._check_cmdline()
-        self._check_devices()
-        if self.timeout is not None and self.timeout <= 0:
-            raise ConfigError(f"timeout={self.timeout}: give a positive number of seconds")
+        # Accept str paths too; the rest of pyfastvm sees Path.
+        for name in ("kernel", "initrd"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        self.validate()
 
     @property
     def memory_bytes(self) -> int:
+        """Guest RAM in bytes."""
         return parse_size(self.memory)
 
-    @staticmethod
-    def _check_file(what: str, path: Path | None, fix: str) -> None:
-        if path is None:
-            return
-        if not Path(path).exists():
-            raise ConfigError(f"the {what} {path} does not exist: {fix}")
-        if not Path(path).is_file():
-            raise ConfigError(f"the {what} {path} is not a regular file: {fix}")
+    def validate(self) -> None:
+        """Raises ConfigError for the first unusable value."""
+        _check_file(
+            "kernel", self.kernel, "pass kernel=PATH (CLI: --kernel PATH) to a bzImage or vmlinux"
+        )
+        _check_file("initrd", self.initrd, "pass initrd=PATH (CLI: --initrd PATH), or leave it out")
+        self._check_memory()
+        if isinstance(self.vcpus, bool) or not isinstance(self.vcpus, int):
+            raise ConfigError(f"vcpus={self.vcpus!r}: give a whole number from 1 to {MAX_VCPUS}")
+        if not 1 <= self.vcpus <= MAX_VCPUS:
+            raise ConfigError(f"vcpus={self.vcpus}: a VM has 1 to {MAX_VCPUS} vCPUs")
+        self._check_cmdline()
+        _check_devices(self.devices, self.memory_bytes)
+        if self.timeout is not None and not self.timeout > 0:  # NaN fails too
+            raise ConfigError(
+                f"timeout={self.timeout}: give a positive number of seconds, or None for none"
+            )
 
     def _check_memory(self) -> None:
         size = self.memory_bytes
-        if size < MIN_MEMORY or size % 4096:
+        if size < MIN_MEMORY:
             raise ConfigError(
-                f"memory={self.memory!r}: give at least {MIN_MEMORY // MIB} MiB, "
-                "in whole 4 KiB pages"
+                f"memory={self.memory!r} is {size} bytes: give at least {MIN_MEMORY // MIB} MiB "
+                "(a Linux kernel needs tens of MiB; sizes take units, e.g. 256M)"
+            )
+        if size % PAGE_SIZE:
+            raise ConfigError(
+                f"memory={self.memory!r} is {size} bytes: give whole 4 KiB pages (e.g. 256M)"
             )
 
     def _check_cmdline(self) -> None:
         if "\0" in self.cmdline:
-            raise ConfigError("the kernel command line contains a NUL byte")
-        if len(self.cmdline.encode()) > CMDLINE_LIMIT:
+            raise ConfigError("the kernel command line contains a NUL byte: remove it")
+        length = len(self.cmdline.encode())
+        if length > CMDLINE_LIMIT:
             raise ConfigError(
-                f"the kernel command line has {len(self.cmdline.encode())} bytes; "
-                f"the limit is {CMDLINE_LIMIT}"
+                f"the kernel command line has {length} bytes; the limit is {CMDLINE_LIMIT} "
+                "(the x86 kernel's COMMAND_LINE_SIZE less its NUL)"
             )
 
-    def _check_devices(self) -> None:
-        for spec in self.devices:
-            if spec.length <= 0 or spec.base < 0:
-                raise ConfigError(f"device {spec.label}: its range must be non-empty")
-            if spec.bus == "pio" and spec.end > PIO_LIMIT:
-                raise ConfigError(f"device {spec.label}: I/O ports end at 0xffff")
-        for bus in ("pio", "mmio"):
-            ranges = sorted((s for s in self.devices if s.bus == bus), key=lambda s: s.base)
-            for low, high in pairwise(ranges):
-                if low.end > high.base:
-                    raise ConfigError(
-                        f"{bus.upper()} devices {low.label} ({low.base:#x}-{low.end - 1:#x}) "
-                        f"and {high.label} ({high.base:#x}-{high.end - 1:#x}) overlap"
-                    )
+
+def _check_file(what: str, path: Path | None, fix: str) -> None:
+    if path is None:
+        return
+    if not path.exists():
+        raise ConfigError(f"the {what} {path} does not exist: {fix}")
+    if not path.is_file():
+        raise ConfigError(f"the {what} {path} is not a regular file: {fix}")
+
+
+def _check_devices(devices: list[DeviceSpec], memory_size: int) -> None:
+    for spec in devices:
+        _check_device(spec, memory_size)
+    for bus in BUS_LIMITS:
+        on_bus = sorted((spec for spec in devices if spec.bus == bus), key=lambda s: s.base)
+        for low, high in pairwise(on_bus):
+            if low.end > high.base:
+                raise ConfigError(
+                    f"devices {low.describe()} and {high.describe()} overlap: move one"
+                )
+
+
+def _check_device(spec: DeviceSpec, memory_size: int) -> None:
+    if spec.bus not in BUS_LIMITS:
+        raise ConfigError(f"device {spec.label}: bus {spec.bus!r} is not 'pio' or 'mmio'")
+    if spec.base < 0 or spec.length <= 0:
+        raise ConfigError(
+            f"device {spec.label}: base {spec.base:#x}, length {spec.length}: "
+            "give a base >= 0 and a length >= 1"
+        )
+    limit = BUS_LIMITS[spec.bus]
+    if spec.end > limit:
+        raise ConfigError(
+            f"device {spec.describe()} goes past the {spec.bus} bus's end {limit - 1:#x}"
+        )
+    missing = [m for m in ("read", "write") if not callable(getattr(spec.device, m, None))]
+    if missing:
+        raise ConfigError(
+            f"device {spec.label}: {type(spec.device).__name__} has no {' or '.join(missing)} "
+            "method: a device needs read(offset, size) -> bytes and write(offset, data)"
+        )
+    if spec.bus == "mmio":
+        _check_outside_ram(spec, memory_size)
+
+
+def _check_outside_ram(spec: DeviceSpec, memory_size: int) -> None:
+    """KVM serves guest RAM itself, so a device under it would never be reached."""
+    for start, end in ram_ranges(memory_size):
+        if spec.base < end and start < spec.end:
+            raise ConfigError(
+                f"device {spec.describe()} lies in guest RAM ({start:#x}-{end - 1:#x}), "
+                "where the guest would never reach it: place MMIO devices in the hole "
+                f"{MMIO_HOLE_START:#x}-{MMIO_HOLE_END - 1:#x} or above the end of RAM"
+            )
