@@ -1,13 +1,10 @@
 """Exceptions delivered to a guest handler at CPL 0, including the #BP that
 pyfastvm injects to complete an INT3 the instruction emulator lacks.
 
-Earlier small probes on KVM-on-PVM hosts saw every CPL-0 delivery end in a
-triple fault, while Linux guests take them. The condition they missed: the
-IDT gate's code selector must name a present 64-bit code descriptor in the
-GDT *in guest memory*. Delivery reloads CS from there; the hidden segment
-state set with KVM_SET_SREGS is not enough. With the descriptor in memory,
-delivery works at CPL 0 on PVM hosts as on hardware; without it, both shut
-down."""
+Delivery reloads CS from the gate selector's descriptor in the guest's
+in-memory GDT; the hidden segment state set with KVM_SET_SREGS is not enough.
+test_pvm_event_delivery.py has the whole story of why earlier probes on PVM
+hosts saw CPL-0 deliveries shut down (a CPL-0 stack at RSP 0 among them)."""
 
 from __future__ import annotations
 
