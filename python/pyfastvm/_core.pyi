@@ -1,6 +1,6 @@
 """Type stubs for pyfastvm._core, the Rust extension."""
 
-from typing import Any, final
+from typing import Any, ClassVar, final
 
 __version__: str
 MMIO_HOLE_START: int
@@ -54,6 +54,9 @@ class Vm:
     def add_mmio_device(self, base: int, length: int, device: Any) -> None: ...
     def create_irqchip(self) -> None: ...
     def create_pit(self) -> None: ...
+    def set_gsi_routing(self, routes: list[tuple[int, str, int]]) -> None:
+        """Replaces KVM's interrupt routing: each (gsi, chip, pin) sends line
+        gsi to a pin of "pic_master", "pic_slave" or "ioapic"."""
     def register_irqfd(self, fd: int, gsi: int) -> None: ...
     def set_irq_line(self, irq: int, active: bool) -> None: ...
     def create_vcpu(self, index: int) -> Vcpu: ...
@@ -89,6 +92,7 @@ class Exit:
     hardware_entry_failure_reason: int | None
     exit_reason: int | None
     instruction: bytes | None
+    device: str | None
 
 class Regs:
     rax: int
@@ -239,4 +243,22 @@ class Serial(BuiltinDevice):
 
 @final
 class I8042(BuiltinDevice):
+    def __init__(self) -> None: ...
+
+class PmTimer(BuiltinDevice):
+    """The ACPI PM timer: a 24-bit counter at FREQUENCY Hz on 4 ports."""
+
+    FREQUENCY: ClassVar[int]
+    def __init__(self) -> None: ...
+
+class PowerControl(BuiltinDevice):
+    """The hardware-reduced ACPI sleep control/status and reset registers,
+    at offsets SLEEP_CONTROL, SLEEP_STATUS and RESET of PORTS ports."""
+
+    SLEEP_CONTROL: ClassVar[int]
+    SLEEP_STATUS: ClassVar[int]
+    RESET: ClassVar[int]
+    PORTS: ClassVar[int]
+    S5_SLEEP_TYPE: ClassVar[int]
+    RESET_VALUE: ClassVar[int]
     def __init__(self) -> None: ...

@@ -1,5 +1,13 @@
 """Devices built into the Rust core; guest accesses to them never enter Python."""
 
-from ._core import I8042, BuiltinDevice, DebugExit, Serial, Sink
+from ._core import I8042, BuiltinDevice, DebugExit, PmTimer, PowerControl, Serial, Sink
 
-__all__ = ["I8042", "BuiltinDevice", "DebugExit", "Serial", "Sink"]
+__all__ = [
+    "I8042",
+    "BuiltinDevice",
+    "DebugExit",
+    "PmTimer",
+    "PowerControl",
+    "Serial",
+    "Sink",
+]

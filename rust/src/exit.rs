@@ -2,8 +2,11 @@
 
 use pyo3::prelude::*;
 
+use crate::devices::StopReason;
+
 /// The reason a run ended. `reason` is one of "hlt", "shutdown", "debug_exit",
-/// "fail_entry", "internal_error", "system_event", "stop" or "unhandled";
+/// "reset", "poweroff", "fail_entry", "internal_error", "system_event", "stop"
+/// or "unhandled";
 /// the other fields are set where they apply and are None otherwise.
 #[pyclass(frozen, get_all, module = "pyfastvm")]
 #[derive(Debug, Default)]
@@ -24,6 +27,8 @@ pub struct Exit {
     /// internal_error from the instruction emulator: the bytes of the
     /// instruction it could not emulate, when KVM reports them.
     pub instruction: Option<Vec<u8>>,
+    /// debug_exit, reset and poweroff: the name of the device that ended the run.
+    pub device: Option<String>,
 }
 
 impl Exit {
@@ -34,10 +39,19 @@ impl Exit {
         }
     }
 
-    pub fn debug_exit(status: u64) -> Self {
+    /// The run ended because `device` asked for it.
+    pub fn stopped_by(reason: StopReason, device: String) -> Self {
+        let exit = match reason {
+            StopReason::DebugExit(status) => Exit {
+                status: Some(status),
+                ..Exit::new("debug_exit")
+            },
+            StopReason::Reset => Exit::new("reset"),
+            StopReason::PowerOff => Exit::new("poweroff"),
+        };
         Exit {
-            status: Some(status),
-            ..Exit::new("debug_exit")
+            device: Some(device),
+            ..exit
         }
     }
 
@@ -69,6 +83,9 @@ impl Exit {
         }
         if let Some(v) = self.exit_reason {
             details.push(format!("exit_reason={v}"));
+        }
+        if let Some(d) = &self.device {
+            details.push(format!("device={d:?}"));
         }
         if let Some(b) = &self.instruction {
             details.push(format!("instruction={b:02x?}"));

@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::bus::AddressSpace;
-use crate::devices::{IoAction, StopReason};
+use crate::devices::IoAction;
 use crate::error::{Error, Result};
 use crate::exit::Exit;
 use crate::regs::{CpuidEntry, Fpu, Regs, Sregs};
@@ -168,56 +168,45 @@ impl VcpuShared {
     }
 
     fn handle_exit(&self, exit: VcpuExit<'_>) -> Result<Option<Exit>> {
-        let action = match exit {
+        match exit {
             VcpuExit::IoOut(port, data) => {
                 let size = self.run_area.io_size();
-                self.write_all(AddressSpace::Pio, port.into(), size, data.chunks(size))?
+                self.write_all(AddressSpace::Pio, port.into(), size, data.chunks(size))
             }
             VcpuExit::IoIn(port, data) => {
                 let size = self.run_area.io_size();
-                self.read_all(AddressSpace::Pio, port.into(), size, data.chunks_mut(size))?
+                self.read_all(AddressSpace::Pio, port.into(), size, data.chunks_mut(size))
             }
             VcpuExit::MmioWrite(address, data) => self.write_all(
                 AddressSpace::Mmio,
                 address,
                 data.len(),
                 std::iter::once(data),
-            )?,
+            ),
             VcpuExit::MmioRead(address, data) => self.read_all(
                 AddressSpace::Mmio,
                 address,
                 data.len(),
                 std::iter::once(data),
-            )?,
-            VcpuExit::Intr => IoAction::Continue,
-            VcpuExit::Hlt => return Ok(Some(Exit::new("hlt"))),
-            VcpuExit::Shutdown => return Ok(Some(Exit::new("shutdown"))),
-            VcpuExit::FailEntry(reason, _cpu) => {
-                return Ok(Some(Exit {
-                    hardware_entry_failure_reason: Some(reason),
-                    ..Exit::new("fail_entry")
-                }))
-            }
-            VcpuExit::InternalError => return Ok(Some(self.run_area.internal_error())),
-            VcpuExit::SystemEvent(event_type, data) => {
-                return Ok(Some(Exit {
-                    event_type: Some(event_type),
-                    data: data.to_vec(),
-                    ..Exit::new("system_event")
-                }))
-            }
-            _ => {
-                return Ok(Some(Exit {
-                    exit_reason: Some(self.run_area.exit_reason()),
-                    ..Exit::new("unhandled")
-                }))
-            }
-        };
-        Ok(match action {
-            IoAction::Continue => None,
-            IoAction::Stop(StopReason::DebugExit(status)) => Some(Exit::debug_exit(status)),
-            IoAction::Stop(StopReason::Reset) => Some(Exit::new("reset")),
-        })
+            ),
+            VcpuExit::Intr => Ok(None),
+            VcpuExit::Hlt => Ok(Some(Exit::new("hlt"))),
+            VcpuExit::Shutdown => Ok(Some(Exit::new("shutdown"))),
+            VcpuExit::FailEntry(reason, _cpu) => Ok(Some(Exit {
+                hardware_entry_failure_reason: Some(reason),
+                ..Exit::new("fail_entry")
+            })),
+            VcpuExit::InternalError => Ok(Some(self.run_area.internal_error())),
+            VcpuExit::SystemEvent(event_type, data) => Ok(Some(Exit {
+                event_type: Some(event_type),
+                data: data.to_vec(),
+                ..Exit::new("system_event")
+            })),
+            _ => Ok(Some(Exit {
+                exit_reason: Some(self.run_area.exit_reason()),
+                ..Exit::new("unhandled")
+            })),
+        }
     }
 
     /// Delivers the writes of one exit (several for `rep outs`) to the device
@@ -228,16 +217,16 @@ impl VcpuShared {
         address: u64,
         size: usize,
         accesses: impl Iterator<Item = &'a [u8]>,
-    ) -> Result<IoAction> {
+    ) -> Result<Option<Exit>> {
         let Some((offset, device)) = self.machine.find_device(space, address) else {
             return self.unclaimed(space, "write", address, size);
         };
         for data in accesses {
-            if let action @ IoAction::Stop(_) = device.write(offset, data)? {
-                return Ok(action);
+            if let IoAction::Stop(reason) = device.write(offset, data)? {
+                return Ok(Some(Exit::stopped_by(reason, device.name())));
             }
         }
-        Ok(IoAction::Continue)
+        Ok(None)
     }
 
     /// Fills the reads of one exit (several for `rep ins`) from the device.
@@ -247,7 +236,7 @@ impl VcpuShared {
         address: u64,
         size: usize,
         mut accesses: impl Iterator<Item = &'a mut [u8]>,
-    ) -> Result<IoAction> {
+    ) -> Result<Option<Exit>> {
         let Some((offset, device)) = self.machine.find_device(space, address) else {
             for data in accesses.by_ref() {
                 data.fill(0xff);
@@ -255,11 +244,11 @@ impl VcpuShared {
             return self.unclaimed(space, "read", address, size);
         };
         for data in accesses {
-            if let action @ IoAction::Stop(_) = device.read(offset, data)? {
-                return Ok(action);
+            if let IoAction::Stop(reason) = device.read(offset, data)? {
+                return Ok(Some(Exit::stopped_by(reason, device.name())));
             }
         }
-        Ok(IoAction::Continue)
+        Ok(None)
     }
 
     fn unclaimed(
@@ -268,9 +257,9 @@ impl VcpuShared {
         access: &'static str,
         address: u64,
         size: usize,
-    ) -> Result<IoAction> {
+    ) -> Result<Option<Exit>> {
         if self.machine.ignore_unclaimed {
-            return Ok(IoAction::Continue);
+            return Ok(None);
         }
         Err(Error::UnclaimedAccess {
             space: space.name(),

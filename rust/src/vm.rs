@@ -5,7 +5,11 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use std::os::fd::{FromRawFd, RawFd};
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_irq_routing_entry, kvm_pit_config, kvm_userspace_memory_region, KvmIrqRouting,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
+    KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::VmFd;
 use pyo3::prelude::*;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -221,6 +225,22 @@ impl Vm {
             .map_err(Error::kvm("KVM_IRQFD"))
     }
 
+    /// Replaces KVM's interrupt routing (KVM_SET_GSI_ROUTING): each route
+    /// `(gsi, chip, pin)` sends interrupt line `gsi` to `pin` of `chip`, one
+    /// of "pic_master", "pic_slave" or "ioapic". Needs the in-kernel irqchip.
+    fn set_gsi_routing(&self, routes: Vec<(u32, String, u32)>) -> Result<()> {
+        let entries = routes
+            .iter()
+            .map(|(gsi, chip, pin)| irqchip_route(*gsi, chip, *pin))
+            .collect::<Result<Vec<_>>>()?;
+        let routing = KvmIrqRouting::from_entries(&entries)
+            .map_err(|e| Error::Device(format!("set_gsi_routing: {e:?}")))?;
+        self.machine
+            .vm_fd
+            .set_gsi_routing(&routing)
+            .map_err(Error::kvm("KVM_SET_GSI_ROUTING"))
+    }
+
     /// Raises (`active`) or lowers interrupt line `irq` (KVM_IRQ_LINE).
     fn set_irq_line(&self, irq: u32, active: bool) -> Result<()> {
         self.machine
@@ -258,4 +278,26 @@ impl Vm {
     fn __repr__(&self) -> String {
         format!("Vm(memory_size={})", self.memory_size())
     }
+}
+
+fn irqchip_route(gsi: u32, chip: &str, pin: u32) -> Result<kvm_irq_routing_entry> {
+    let irqchip = match chip {
+        "pic_master" => KVM_IRQCHIP_PIC_MASTER,
+        "pic_slave" => KVM_IRQCHIP_PIC_SLAVE,
+        "ioapic" => KVM_IRQCHIP_IOAPIC,
+        _ => {
+            return Err(Error::Device(format!(
+                "set_gsi_routing: unknown interrupt controller {chip:?}; \
+                 use \"pic_master\", \"pic_slave\" or \"ioapic\""
+            )))
+        }
+    };
+    let mut entry = kvm_irq_routing_entry {
+        gsi,
+        type_: KVM_IRQ_ROUTING_IRQCHIP,
+        ..Default::default()
+    };
+    entry.u.irqchip.irqchip = irqchip;
+    entry.u.irqchip.pin = pin;
+    Ok(entry)
 }

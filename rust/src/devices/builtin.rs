@@ -111,5 +111,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyDebugExit>()?;
     m.add_class::<super::serial::PySerial>()?;
     m.add_class::<super::i8042::PyI8042>()?;
+    m.add_class::<super::pm_timer::PyPmTimer>()?;
+    m.add_class::<super::power_control::PyPowerControl>()?;
     Ok(())
 }

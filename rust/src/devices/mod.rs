@@ -3,6 +3,8 @@
 
 mod builtin;
 mod i8042;
+mod pm_timer;
+mod power_control;
 mod python;
 mod serial;
 
@@ -29,6 +31,8 @@ pub enum StopReason {
     DebugExit(u64),
     /// The guest asked for a machine reset.
     Reset,
+    /// The guest entered the soft-off sleep state (ACPI S5).
+    PowerOff,
 }
 
 /// A device on a bus. `offset` is relative to the base of its range; `data`
