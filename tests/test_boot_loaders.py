@@ -312,7 +312,7 @@ def test_e820_256m() -> None:
     assert _check_map(256 * MIB) == [
         (0, 0x9FC00, E820Type.RAM),
         (0x9FC00, 0xA0000, E820Type.RESERVED),
-        (0xF0000, 0x100000, E820Type.RESERVED),
+        (0xE0000, 0x100000, E820Type.RESERVED),
         (0x100000, 256 * MIB, E820Type.RAM),
     ]
 
@@ -335,7 +335,7 @@ def test_e820_packing_is_20_bytes_per_entry() -> None:
 
 def test_e820_without_bios_area() -> None:
     spans = [(e.addr, e.type) for e in build_e820(64 * MIB, bios_area=False)]
-    assert (0xF0000, E820Type.RESERVED) not in spans
+    assert (0xE0000, E820Type.RESERVED) not in spans
 
 
 def test_e820_refuses_a_vm_without_ram_above_1m() -> None:

@@ -11,7 +11,7 @@ setup) uses are defined here, so their order can be checked at a glance::
     0x0002_0000  kernel command line
     0x0009_fc00  EBDA                    (e820 reserved)
     0x000a_0000  legacy VGA and ROM hole (not RAM in e820)
-    0x000f_0000  BIOS area               (e820 reserved)
+    0x000e_0000  BIOS area: ACPI tables  (e820 reserved)
     0x0010_0000  bzImage protected-mode code (1 MiB)
     0xc000_0000  32-bit MMIO hole, up to 4 GiB
     0x1_0000_0000  RAM above 3 GiB continues here
@@ -53,7 +53,8 @@ CMDLINE_ADDR = 0x20000
 # Legacy PC areas below 1 MiB.
 EBDA_START = 0x9FC00
 LEGACY_HOLE_START = 0xA0000
-BIOS_AREA_START = 0xF0000
+BIOS_AREA_START = 0xE0000  # where guests without EFI look for the ACPI RSDP
+ACPI_TABLES_ADDR = BIOS_AREA_START
 HIGH_MEMORY_START = 0x100000  # 1 MiB
 
 CMDLINE_CAPACITY = EBDA_START - CMDLINE_ADDR
