@@ -1,11 +1,21 @@
 """The x86 state pyfastvm gives a Linux guest: CPUID, MSRs, the local APIC
 pins, the kernel command line, and the decoding behind emulation assists."""
 
+import threading
+
 import pytest
+from guests import CODE_ADDRESS, DEBUG_EXIT_PORT, long_mode_vcpu
 
 import pyfastvm
 from pyfastvm.boot.cmdline import kernel_cmdline
-from pyfastvm.x86.cpuid import KVM_FEATURES_LEAF, KVM_SIGNATURE_LEAF, vcpu_cpuid
+from pyfastvm.devices import DebugExit
+from pyfastvm.host import is_pvm_host
+from pyfastvm.x86.cpuid import (
+    HYPERCALL_FEATURES,
+    KVM_FEATURES_LEAF,
+    KVM_SIGNATURE_LEAF,
+    vcpu_cpuid,
+)
 from pyfastvm.x86.emulation_assist import decode_memory_operand
 from pyfastvm.x86.lapic import APIC_LVT_LINT0, APIC_LVT_LINT1, wire_local_interrupts
 from pyfastvm.x86.msrs import IA32_MISC_ENABLE, boot_msrs
@@ -31,6 +41,61 @@ def test_cpuid_names_kvm_and_each_vcpus_apic_id() -> None:
             assert not cpuid[(0x80000007, 0)].edx & 1 << 8  # no invariant TSC: kvm-clock stays
 
 
+def test_cpuid_topology_is_one_package_of_single_thread_cores() -> None:
+    """Leaf 0xB as Linux reads it: SMT level of 1 thread (shift 0), core
+    level of 6 cores (shift 3), each vCPU's x2APIC id in EDX; leaf 1 counts
+    6 logical processors with HTT; leaf 4 counts 6 cores."""
+    supported = pyfastvm.Kvm().supported_cpuid()
+    cpuid = leaves(vcpu_cpuid(supported, apic_id=5, vcpu_count=6))
+    smt, core = cpuid[(0xB, 0)], cpuid[(0xB, 1)]
+    assert (smt.eax, smt.ebx, smt.ecx >> 8 & 0xFF, smt.edx) == (0, 1, 1, 5)
+    assert (core.eax, core.ebx, core.ecx >> 8 & 0xFF, core.edx) == (3, 6, 2, 5)
+    assert smt.flags == core.flags == 1  # the subleaf index is significant
+    assert cpuid[(1, 0)].ebx >> 16 & 0xFF == 6 and cpuid[(1, 0)].edx & 1 << 28
+    if (4, 0) in cpuid:
+        assert cpuid[(4, 0)].eax >> 26 == 5
+    single = leaves(vcpu_cpuid(supported, apic_id=0, vcpu_count=1))
+    assert (single[(0xB, 1)].eax, single[(0xB, 1)].ebx) == (0, 1)
+    assert not single[(1, 0)].edx & 1 << 28
+
+
+KVM_HC_VAPIC_POLL_IRQ = 1
+# mov eax, KVM_HC_VAPIC_POLL_IRQ; vmcall; out 0xf4, al   (the hypercall returns 0)
+VMCALL = bytes.fromhex("b801000000") + bytes.fromhex("0f01c1") + bytes([0xE6, DEBUG_EXIT_PORT])
+VMCALL_AT = CODE_ADDRESS + 5
+
+
+def test_a_vmcall_at_cpl0_completes_only_with_hardware_virtualization() -> None:
+    """Why pyfastvm hides KVM's hypercall-based paravirt features on PVM
+    hosts: there KVM re-enters the guest at the VMCALL without end (a 2-vCPU
+    Linux guest hung in KVM_HC_SEND_IPI)."""
+    vm = pyfastvm.Vm(16 << 20)
+    vm.add_pio_device(DEBUG_EXIT_PORT, 1, DebugExit())
+    vcpu = long_mode_vcpu(vm, VMCALL)
+    timer = threading.Timer(1.0, vcpu.stop)
+    timer.start()
+    try:
+        exit = vcpu.run()
+    finally:
+        timer.cancel()
+    if is_pvm_host():
+        assert (exit.reason, vcpu.get_regs().rip) == ("stop", VMCALL_AT)
+    else:
+        assert (exit.reason, exit.status) == ("debug_exit", 0)
+
+
+def test_hypercall_features_are_hidden_only_on_pvm_hosts() -> None:
+    supported = pyfastvm.Kvm().supported_cpuid()
+    offered = leaves(supported).get((KVM_FEATURES_LEAF, 0))
+    for pvm_host in (False, True):
+        features = leaves(vcpu_cpuid(supported, apic_id=0, vcpu_count=2, pvm_host=pvm_host))
+        eax = features[(KVM_FEATURES_LEAF, 0)].eax
+        if pvm_host:
+            assert not eax & HYPERCALL_FEATURES
+        elif offered is not None:
+            assert eax == offered.eax
+
+
 def test_cpuid_and_boot_state_are_accepted_by_kvm() -> None:
     vm = pyfastvm.Vm(16 << 20)
     vm.create_irqchip()
@@ -51,7 +116,8 @@ def test_kernel_cmdline_adds_pvm_workarounds_only_there() -> None:
     assert "console=ttyS0" in kernel_cmdline()
     assert "noxsave" not in kernel_cmdline("quiet")
     line = kernel_cmdline("quiet", pvm_host=True)
-    assert "noxsave" in line and "clearcpuid=" in line and line.endswith("quiet")
+    assert "noxsave" in line and "clearcpuid=" in line and "nowatchdog" in line
+    assert line.endswith("quiet")
 
 
 @pytest.mark.parametrize(

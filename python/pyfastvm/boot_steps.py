@@ -1,26 +1,32 @@
 """The built-in init steps that turn a VMConfig into a PC-like micro-VM ready
 to boot Linux, in kvmtool's levels: core (the VM), base (interrupt
-controllers, timer), dev (devices), late (kernel and vCPUs)."""
+controllers, timer), dev (devices and their ACPI description), late (kernel
+and vCPUs)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from ._core import Vm
+from .acpi import AcpiPlatform, AcpiTables, SerialPort, build_acpi_tables
 from .boot import BootPlan, load_kernel
 from .boot.cmdline import kernel_cmdline
+from .boot.layout import ACPI_TABLES_ADDR
 from .boot.long_mode import enter_long_mode
 from .config import VMConfig
-from .devices import I8042, Serial
+from .devices import I8042, PmTimer, PowerControl, Serial
 from .host import is_pvm_host
 from .init_chain import InitChain
 from .vcpu_runner import VcpuRunner
 from .x86.cpuid import vcpu_cpuid
+from .x86.interrupts import pc_gsi_routes
 from .x86.lapic import wire_local_interrupts
 from .x86.msrs import boot_msrs
 
 COM1_PORT, COM1_IRQ, UART_PORTS = 0x3F8, 4, 8
 I8042_PORT, I8042_PORTS = 0x60, 5  # data 0x60, command/status 0x64
+POWER_CONTROL_PORT = 0x600  # ACPI sleep control, sleep status, reset
+PM_TIMER_PORT, PM_TIMER_PORTS = 0x608, 4
 BOOT_STACK = 0x8FF0  # below the page tables; Linux switches stacks at once
 X87_CONTROL_DEFAULT = 0x37F  # FNINIT's control word (SDM vol. 1, 8.1.5)
 MXCSR_DEFAULT = 0x1F80  # all SIMD exceptions masked (SDM vol. 1, 10.2.3.1)
@@ -38,6 +44,7 @@ class MachineContext:
     pvm_host: bool = field(default_factory=is_pvm_host)
     vm: Vm | None = None
     serial: Serial | None = None
+    acpi: AcpiTables | None = None
     plan: BootPlan | None = None
     vcpus: list[VcpuRunner] = field(default_factory=list)
 
@@ -56,6 +63,12 @@ def drop_vm(ctx: MachineContext) -> None:
     ctx.vm = None
 
 
+def create_irqchip(ctx: MachineContext) -> None:
+    """KVM's PICs and I/O APIC, wired as on a PC (see x86.interrupts)."""
+    ctx.machine.create_irqchip()
+    ctx.machine.set_gsi_routing(pc_gsi_routes())
+
+
 def add_serial(ctx: MachineContext) -> None:
     serial = Serial()
     ctx.machine.add_pio_device(COM1_PORT, UART_PORTS, serial)
@@ -69,6 +82,25 @@ def drop_serial(ctx: MachineContext) -> None:
 
 def add_i8042(ctx: MachineContext) -> None:
     ctx.machine.add_pio_device(I8042_PORT, I8042_PORTS, I8042())
+
+
+def add_acpi(ctx: MachineContext) -> None:
+    """The PM timer, the sleep and reset registers, and the tables that
+    describe them, the vCPUs and the serial port to the guest."""
+    ctx.machine.add_pio_device(PM_TIMER_PORT, PM_TIMER_PORTS, PmTimer())
+    ctx.machine.add_pio_device(POWER_CONTROL_PORT, PowerControl.PORTS, PowerControl())
+    platform = AcpiPlatform(
+        cpu_count=ctx.config.vcpus,
+        pm_timer_port=PM_TIMER_PORT,
+        power_control_port=POWER_CONTROL_PORT,
+        serial_ports=(SerialPort(COM1_PORT, COM1_IRQ),),
+    )
+    ctx.acpi = build_acpi_tables(platform, ACPI_TABLES_ADDR)
+    ctx.machine.memory.write(ctx.acpi.base, ctx.acpi.image)
+
+
+def drop_acpi(ctx: MachineContext) -> None:
+    ctx.acpi = None
 
 
 def add_user_devices(ctx: MachineContext) -> None:
@@ -103,7 +135,8 @@ def create_vcpus(ctx: MachineContext) -> None:
     count = ctx.config.vcpus
     for index in range(count):
         vcpu = ctx.machine.create_vcpu(index)
-        vcpu.set_cpuid(vcpu_cpuid(supported, apic_id=index, vcpu_count=count))
+        cpuid = vcpu_cpuid(supported, apic_id=index, vcpu_count=count, pvm_host=ctx.pvm_host)
+        vcpu.set_cpuid(cpuid)
         vcpu.set_msrs(boot_msrs())
         wire_local_interrupts(vcpu)
         ctx.vcpus.append(VcpuRunner.for_vcpu(vcpu, ctx.machine.memory))
@@ -133,12 +166,11 @@ def default_init_chain() -> InitChain[MachineContext]:
     """The steps of a Linux micro-VM; add your own before starting it."""
     chain: InitChain[MachineContext] = InitChain()
     chain.add("vm", "core", create_vm, drop_vm)
-    chain.add("irqchip", "base", lambda ctx: ctx.machine.create_irqchip())
+    chain.add("irqchip", "base", create_irqchip)
     chain.add("pit", "base", lambda ctx: ctx.machine.create_pit())
     chain.add("serial", "dev", add_serial, drop_serial)
-    chain.add(
-        "i8042", "dev", lambda ctx: ctx.machine.add_pio_device(I8042_PORT, I8042_PORTS, I8042())
-    )
+    chain.add("i8042", "dev", add_i8042)
+    chain.add("acpi", "dev", add_acpi, drop_acpi)
     chain.add("devices", "dev", add_user_devices)
     chain.add("kernel", "late", load_linux)
     chain.add("vcpus", "late", create_vcpus, drop_vcpus)

@@ -18,7 +18,7 @@ from .config import VMConfig
 from .errors import GuestTimeoutError
 from .guest.console_protocol import INIT_MILESTONE, PANIC_TEXT
 from .init_chain import InitChain
-from .vcpu_runner import VcpuRunner
+from .vcpu_runner import MACHINE_ENDING, VcpuRunner
 
 ConsoleSink = Callable[[bytes], object] | IO[bytes] | IO[str] | None
 
@@ -69,6 +69,8 @@ class MicroVM:
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self.stop_reason: str | None = None
+        # The device that ended the guest ("PowerControl", "I8042", ...), if one did.
+        self.stopped_by: str | None = None
         self.error: BaseException | None = None
         self.started_at: float | None = None
         self.milestones: dict[str, float] = {}
@@ -89,11 +91,11 @@ class MicroVM:
         self._threads.append(thread)
         thread.start()
 
-    def stop(self, reason: str = "stopped") -> None:
+    def stop(self, reason: str = "stopped", *, device: str | None = None) -> None:
         """Ends the guest: every vCPU leaves KVM_RUN and its thread ends."""
         with self._changed:
             if self.stop_reason is None:
-                self.stop_reason = reason
+                self.stop_reason, self.stopped_by = reason, device
             self._changed.notify_all()
         self._stopping.set()
         if self.context.vm is not None:
@@ -121,13 +123,15 @@ class MicroVM:
     # -- the guest's threads --------------------------------------------------
 
     def _run_vcpu(self, runner: VcpuRunner) -> None:
+        """One vCPU's thread. The first vCPU to end the machine stops them all."""
         try:
-            reason = runner.run_until_stop()
+            exit = runner.run_until_stop()
         except BaseException as error:  # reported by wait(), never lost
             with self._changed:
                 self.error = self.error or error
-            reason = "error"
-        self.stop(reason)
+            self.stop("error")
+            return
+        self.stop(MACHINE_ENDING[exit.reason], device=exit.device)
 
     def _pump_console(self) -> None:
         serial = self.context.serial

@@ -13,9 +13,23 @@ KVM_FEATURES_LEAF = 0x4000_0001
 KVM_SIGNATURE = b"KVMKVMKVM\0\0\0"
 
 LEAF1_ECX_HYPERVISOR = 1 << 31
+LEAF1_EDX_HTT = 1 << 28
 LEAF1_EBX_APIC_ID_SHIFT = 24
 LEAF1_EBX_LOGICAL_COUNT_SHIFT = 16
-EXTENDED_TOPOLOGY_LEAVES = (0xB, 0x1F)
+CACHE_LEAF = 0x4
+CACHE_EAX_CORES_SHIFT = 26
+EXTENDED_TOPOLOGY_LEAF = 0xB
+V2_TOPOLOGY_LEAF = 0x1F
+SMT_LEVEL, CORE_LEVEL = 1, 2
+LEVEL_TYPE_SHIFT = 8
+SIGNIFICANT_INDEX = 1  # KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+# KVM paravirt features whose guest side makes hypercalls (KVM_HC_KICK_CPU,
+# KVM_HC_SEND_IPI, KVM_HC_SCHED_YIELD). On KVM on PVM a VMCALL at guest CPL 0
+# never completes: KVM re-enters the guest at the VMCALL without end.
+KVM_FEATURE_PV_UNHALT = 1 << 7
+KVM_FEATURE_PV_SEND_IPI = 1 << 11
+KVM_FEATURE_PV_SCHED_YIELD = 1 << 13
+HYPERCALL_FEATURES = KVM_FEATURE_PV_UNHALT | KVM_FEATURE_PV_SEND_IPI | KVM_FEATURE_PV_SCHED_YIELD
 ADVANCED_POWER_LEAF = 0x8000_0007
 INVARIANT_TSC = 1 << 8  # EDX of leaf 0x80000007
 
@@ -34,12 +48,30 @@ def _replace(entry: CpuidEntry, **registers: int) -> CpuidEntry:
     return CpuidEntry(**(fields | registers))
 
 
+def extended_topology(apic_id: int, vcpu_count: int) -> list[CpuidEntry]:
+    """Leaf 0xB: every vCPU a core of one package, one thread per core. EAX
+    gives how far to shift the x2APIC id to reach the next level's id."""
+    core_bits = (vcpu_count - 1).bit_length()
+    levels = ((0, 1, SMT_LEVEL), (core_bits, vcpu_count, CORE_LEVEL))
+    return [
+        CpuidEntry(
+            function=EXTENDED_TOPOLOGY_LEAF, index=index, flags=SIGNIFICANT_INDEX,
+            eax=shift, ebx=count, ecx=level << LEVEL_TYPE_SHIFT | index, edx=apic_id,
+        )
+        for index, (shift, count, level) in enumerate(levels)
+    ]  # fmt: skip
+
+
 def _for_vcpu(entry: CpuidEntry, apic_id: int, vcpu_count: int) -> CpuidEntry:
     if entry.function == 1:
         ebx = entry.ebx & 0x0000_FFFF
         ebx |= apic_id << LEAF1_EBX_APIC_ID_SHIFT | vcpu_count << LEAF1_EBX_LOGICAL_COUNT_SHIFT
-        return _replace(entry, ebx=ebx, ecx=entry.ecx | LEAF1_ECX_HYPERVISOR)
-    if entry.function in EXTENDED_TOPOLOGY_LEAVES:
+        edx = entry.edx | LEAF1_EDX_HTT if vcpu_count > 1 else entry.edx & ~LEAF1_EDX_HTT
+        return _replace(entry, ebx=ebx, ecx=entry.ecx | LEAF1_ECX_HYPERVISOR, edx=edx)
+    if entry.function == CACHE_LEAF:
+        eax = entry.eax & ~(0x3F << CACHE_EAX_CORES_SHIFT)
+        return _replace(entry, eax=eax | (vcpu_count - 1) << CACHE_EAX_CORES_SHIFT)
+    if entry.function == V2_TOPOLOGY_LEAF:
         return _replace(entry, edx=apic_id)  # x2APIC id of this logical processor
     if entry.function == ADVANCED_POWER_LEAF:
         # Without an invariant TSC Linux keeps kvm-clock as its clocksource,
@@ -49,17 +81,20 @@ def _for_vcpu(entry: CpuidEntry, apic_id: int, vcpu_count: int) -> CpuidEntry:
 
 
 def vcpu_cpuid(
-    supported: Iterable[CpuidEntry], *, apic_id: int, vcpu_count: int
+    supported: Iterable[CpuidEntry], *, apic_id: int, vcpu_count: int, pvm_host: bool = False
 ) -> list[CpuidEntry]:
-    """KVM_GET_SUPPORTED_CPUID adjusted for one vCPU: its APIC id, the
-    hypervisor bit, no invariant TSC, and the KVM leaves (kept from KVM when
-    it reports them)."""
-    entries = [
-        _for_vcpu(e, apic_id, vcpu_count)
-        for e in supported
-        if e.function not in (KVM_SIGNATURE_LEAF, KVM_FEATURES_LEAF)
-    ]
+    """KVM_GET_SUPPORTED_CPUID adjusted for one vCPU: its APIC id and the
+    topology of `vcpu_count` single-threaded cores, the hypervisor bit, no
+    invariant TSC, and the KVM leaves (kept from KVM when it reports them;
+    without the hypercall-based features on a PVM host)."""
+    replaced = (KVM_SIGNATURE_LEAF, KVM_FEATURES_LEAF, EXTENDED_TOPOLOGY_LEAF)
+    entries = [_for_vcpu(e, apic_id, vcpu_count) for e in supported if e.function not in replaced]
+    entries += extended_topology(apic_id, vcpu_count)
     features = next((e for e in supported if e.function == KVM_FEATURES_LEAF), None)
+    if features is None:
+        features = CpuidEntry(function=KVM_FEATURES_LEAF)
+    if pvm_host:
+        features = _replace(features, eax=features.eax & ~HYPERCALL_FEATURES)
     entries.append(kvm_signature_leaf(KVM_FEATURES_LEAF))
-    entries.append(features if features is not None else CpuidEntry(function=KVM_FEATURES_LEAF))
+    entries.append(features)
     return entries

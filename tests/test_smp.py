@@ -1,0 +1,101 @@
+"""SMP and ACPI power management on real Linux boots: N vCPUs found through
+the MADT and brought up by INIT/SIPI, and the VM ended by the FADT's reset
+and sleep registers. Boots use the minimal test kernel (every boot is slow
+on KVM-on-PVM hosts); its ACPI support is built in as in the stock kernel."""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+import threading
+import time
+
+import pytest
+
+import pyfastvm
+from pyfastvm.guest.console_protocol import INIT_MILESTONE, new_nonce
+from pyfastvm.guest.debian import busybox_static
+from pyfastvm.guest.initramfs import build_initramfs
+from pyfastvm.guest.minimal_kernel import minimal_kernel
+from pyfastvm.host import is_pvm_host
+from pyfastvm.machine import MicroVM
+
+PVM = is_pvm_host()
+needs_guest_user_space = pytest.mark.skipif(
+    PVM,
+    reason="KVM on PVM (no VMX/SVM): a SYSCALL from guest user mode never reaches the "
+    "guest kernel, so guest user space cannot run on this host",
+)
+BOOT_TIMEOUT = 600.0
+# How ACPICA and Linux flag problems in firmware tables.
+ACPI_COMPLAINTS = re.compile(r"ACPI( BIOS)? (Error|Warning)|\[Firmware (Bug|Warn)\]")
+
+
+def brought_up(console: str) -> int:
+    match = re.search(r"smp: Brought up 1 node, (\d+) CPUs?", console)
+    assert match, "the kernel did not report its SMP bring-up"
+    return int(match.group(1))
+
+
+NO_INIT = "rdinit=/none init=/none"
+
+
+@pytest.mark.parametrize(
+    ("vcpus", "cmdline"),
+    [(1, NO_INIT), (2, NO_INIT), (4, NO_INIT), (8, NO_INIT), (2, f"{NO_INIT} idle=poll")],
+    ids=["1", "2", "4", "8", "2-others-spinning"],
+)
+def test_n_vcpus_come_up_and_a_panic_resets_through_the_fadt(vcpus: int, cmdline: str) -> None:
+    """A kernel with no init panics after bringing up its CPUs; with panic=-1
+    it resets at once through the FADT's reset register, and the VM ends
+    with every vCPU thread joined, also while the other CPUs spin in their
+    idle loop (idle=poll) instead of halting."""
+    threads = threading.active_count()
+    config = pyfastvm.VMConfig(kernel=minimal_kernel(), vcpus=vcpus, cmdline=cmdline)
+    with MicroVM(config) as vm:
+        assert vm.wait(timeout=BOOT_TIMEOUT) == "reset"
+        assert vm.stopped_by == "PowerControl"
+    console = vm.console
+    assert brought_up(console) == vcpus
+    assert "ACPI: PM-Timer IO Port: 0x608" in console
+    assert "Kernel panic - not syncing" in console
+    assert not ACPI_COMPLAINTS.findall(console), console
+    assert threading.active_count() == threads
+
+
+@pytest.mark.parametrize("vcpus", [1, 4])
+def test_repeated_starts_and_teardowns_leak_nothing(vcpus: int) -> None:
+    config = pyfastvm.VMConfig(kernel=minimal_kernel(), vcpus=vcpus)
+
+    def start_and_stop() -> None:
+        with MicroVM(config):
+            time.sleep(0.2)  # the vCPU threads and the console thread are running
+
+    start_and_stop()
+    gc.collect()
+    fds, threads = set(os.listdir("/proc/self/fd")), threading.active_count()
+    for _ in range(5):
+        start_and_stop()
+    gc.collect()
+    assert set(os.listdir("/proc/self/fd")) == fds
+    assert threading.active_count() == threads
+
+
+@needs_guest_user_space
+@pytest.mark.parametrize("vcpus", [1, 2, 4])
+def test_nproc_sees_every_vcpu_and_the_harness_powers_off(vcpus: int) -> None:
+    result = pyfastvm.run(["nproc"], kernel=minimal_kernel(), vcpus=vcpus, timeout=120)
+    assert (result.exit_code, result.stdout) == (0, f"{vcpus}\n".encode())
+    assert result.stop_reason == "poweroff"
+
+
+@needs_guest_user_space
+@pytest.mark.parametrize(("command", "reason"), [("poweroff", "poweroff"), ("reboot", "reset")])
+def test_poweroff_and_reboot_end_the_vm_with_their_reason(command: str, reason: str) -> None:
+    initramfs = build_initramfs([command, "-f"], nonce=new_nonce(), busybox=busybox_static())
+    config = pyfastvm.VMConfig(kernel=minimal_kernel(), vcpus=2)
+    with MicroVM(config, initrd_overlay=initramfs) as vm:
+        vm.wait_for(INIT_MILESTONE, timeout=120)
+        assert vm.wait(timeout=120) == reason
+        assert vm.stopped_by == "PowerControl"
