@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import gc
 import os
-import re
 import threading
 import time
 
 import pytest
+from kernel_log import ACPI_COMPLAINTS, cpus_brought_up
 
 import pyfastvm
 from pyfastvm.guest.console_protocol import INIT_MILESTONE, new_nonce
@@ -28,16 +28,6 @@ needs_guest_user_space = pytest.mark.skipif(
     "guest kernel, so guest user space cannot run on this host",
 )
 BOOT_TIMEOUT = 600.0
-# How ACPICA and Linux flag problems in firmware tables.
-ACPI_COMPLAINTS = re.compile(r"ACPI( BIOS)? (Error|Warning)|\[Firmware (Bug|Warn)\]")
-
-
-def brought_up(console: str) -> int:
-    match = re.search(r"smp: Brought up 1 node, (\d+) CPUs?", console)
-    assert match, "the kernel did not report its SMP bring-up"
-    return int(match.group(1))
-
-
 NO_INIT = "rdinit=/none init=/none"
 
 
@@ -57,7 +47,7 @@ def test_n_vcpus_come_up_and_a_panic_resets_through_the_fadt(vcpus: int, cmdline
         assert vm.wait(timeout=BOOT_TIMEOUT) == "reset"
         assert vm.stopped_by == "PowerControl"
     console = vm.console
-    assert brought_up(console) == vcpus
+    assert cpus_brought_up(console) == vcpus
     assert "ACPI: PM-Timer IO Port: 0x608" in console
     assert "Kernel panic - not syncing" in console
     assert not ACPI_COMPLAINTS.findall(console), console
