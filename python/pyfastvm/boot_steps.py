@@ -131,6 +131,9 @@ def load_linux(ctx: MachineContext) -> None:
 
 
 def create_vcpus(ctx: MachineContext) -> None:
+    """Every vCPU gets its own CPUID, the boot MSRs and the LAPIC pins. The
+    boot vCPU enters Linux; the others wait in KVM's local APIC for the
+    INIT/SIPI with which the guest starts them."""
     supported = ctx.machine.kvm.supported_cpuid()
     count = ctx.config.vcpus
     for index in range(count):
