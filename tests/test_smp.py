@@ -86,6 +86,6 @@ def test_poweroff_and_reboot_end_the_vm_with_their_reason(command: str, reason: 
     initramfs = build_initramfs([command, "-f"], nonce=new_nonce(), busybox=busybox_static())
     config = pyfastvm.VMConfig(kernel=minimal_kernel(), vcpus=2)
     with MicroVM(config, initrd_overlay=initramfs) as vm:
-        vm.wait_for(INIT_MILESTONE, timeout=120)
         assert vm.wait(timeout=120) == reason
         assert vm.stopped_by == "PowerControl"
+    assert INIT_MILESTONE in vm.console  # complete once the console thread is joined
