@@ -64,7 +64,7 @@ def dsdt(aml: bytes) -> bytes:
 # 5.2.3.2 Generic Address Structure.
 GAS = struct.Struct("<BBBBQ")
 SYSTEM_IO = 1
-ACCESS_BYTE, ACCESS_DWORD = 1, 3
+ACCESS_SIZE = {8: 1, 16: 2, 32: 3, 64: 4}  # register width in bits -> access size code
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,7 @@ class IoRegister:
     bits: int
 
     def encode(self) -> bytes:
-        access = ACCESS_BYTE if self.bits == 8 else ACCESS_DWORD
-        return GAS.pack(SYSTEM_IO, self.bits, 0, access, self.port)
+        return GAS.pack(SYSTEM_IO, self.bits, 0, ACCESS_SIZE[self.bits], self.port)
 
 
 NO_REGISTER = bytes(GAS.size)
