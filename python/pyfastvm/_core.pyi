@@ -233,6 +233,7 @@ class DebugExit(BuiltinDevice):
 
 @final
 class Serial(BuiltinDevice):
+    PORTS: ClassVar[int]
     def __init__(self) -> None: ...
     def read_output(self) -> bytes: ...
     @property
@@ -249,6 +250,7 @@ class PmTimer(BuiltinDevice):
     """The ACPI PM timer: a 24-bit counter at FREQUENCY Hz on 4 ports."""
 
     FREQUENCY: ClassVar[int]
+    PORTS: ClassVar[int]
     def __init__(self) -> None: ...
 
 class PowerControl(BuiltinDevice):

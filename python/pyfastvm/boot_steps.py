@@ -23,10 +23,10 @@ from .x86.interrupts import pc_gsi_routes
 from .x86.lapic import wire_local_interrupts
 from .x86.msrs import boot_msrs
 
-COM1_PORT, COM1_IRQ, UART_PORTS = 0x3F8, 4, 8
+COM1_PORT, COM1_IRQ = 0x3F8, 4
 I8042_PORT, I8042_PORTS = 0x60, 5  # data 0x60, command/status 0x64
 POWER_CONTROL_PORT = 0x600  # ACPI sleep control, sleep status, reset
-PM_TIMER_PORT, PM_TIMER_PORTS = 0x608, 4
+PM_TIMER_PORT = 0x608
 BOOT_STACK = 0x8FF0  # below the page tables; Linux switches stacks at once
 X87_CONTROL_DEFAULT = 0x37F  # FNINIT's control word (SDM vol. 1, 8.1.5)
 MXCSR_DEFAULT = 0x1F80  # all SIMD exceptions masked (SDM vol. 1, 10.2.3.1)
@@ -71,7 +71,7 @@ def create_irqchip(ctx: MachineContext) -> None:
 
 def add_serial(ctx: MachineContext) -> None:
     serial = Serial()
-    ctx.machine.add_pio_device(COM1_PORT, UART_PORTS, serial)
+    ctx.machine.add_pio_device(COM1_PORT, Serial.PORTS, serial)
     ctx.machine.register_irqfd(serial.irq_fd, COM1_IRQ)
     ctx.serial = serial
 
@@ -87,7 +87,7 @@ def add_i8042(ctx: MachineContext) -> None:
 def add_acpi(ctx: MachineContext) -> None:
     """The PM timer, the sleep and reset registers, and the tables that
     describe them, the vCPUs and the serial port to the guest."""
-    ctx.machine.add_pio_device(PM_TIMER_PORT, PM_TIMER_PORTS, PmTimer())
+    ctx.machine.add_pio_device(PM_TIMER_PORT, PmTimer.PORTS, PmTimer())
     ctx.machine.add_pio_device(POWER_CONTROL_PORT, PowerControl.PORTS, PowerControl())
     platform = AcpiPlatform(
         cpu_count=ctx.config.vcpus,

@@ -5,9 +5,9 @@ where guests without EFI search for the RSDP (ACPI 6.5, 5.2.5.1)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .._core import PowerControl
+from .._core import PmTimer, PowerControl, Serial
 from ..x86.interrupts import PIT_GSI, PIT_IRQ
 from . import aml
 from .tables import (
@@ -15,6 +15,7 @@ from .tables import (
     BOOT_ARCH_LEGACY_DEVICES,
     BOOT_ARCH_MSI_NOT_SUPPORTED,
     BOOT_ARCH_VGA_NOT_PRESENT,
+    RSDP,
     InterruptOverride,
     IoRegister,
     PowerManagement,
@@ -29,7 +30,6 @@ from .tables import (
 IO_APIC_ID = 0
 IO_APIC_ADDRESS = 0xFEC0_0000
 TABLE_ALIGNMENT = 16  # the RSDP must be on a 16-byte boundary
-UART_PORTS = 8
 SERIAL_HID = "PNP0501"  # 16550A-compatible COM port
 # A PC with ISA-style devices (the COM port) but no VGA, MSI or CMOS RTC, and
 # no 8042 keyboard controller to probe: pyfastvm's i8042 only takes the reset
@@ -64,13 +64,13 @@ class AcpiTables:
 
     base: int
     image: bytes
-    addresses: dict[str, int] = field(default_factory=dict)
+    addresses: dict[str, int]
 
 
 def power_management(platform: AcpiPlatform) -> PowerManagement:
     port = platform.power_control_port
     return PowerManagement(
-        pm_timer=IoRegister(platform.pm_timer_port, 32),
+        pm_timer=IoRegister(platform.pm_timer_port, 8 * PmTimer.PORTS),
         sleep_control=IoRegister(port + PowerControl.SLEEP_CONTROL, 8),
         sleep_status=IoRegister(port + PowerControl.SLEEP_STATUS, 8),
         reset=IoRegister(port + PowerControl.RESET, 8),
@@ -86,7 +86,7 @@ def differentiated_definitions(platform: AcpiPlatform) -> bytes:
             aml.name("_HID", aml.eisa_id(SERIAL_HID)),
             aml.name("_UID", aml.integer(uid)),
             aml.name(
-                "_CRS", aml.resource_template(aml.io_port(s.port, UART_PORTS), aml.irq(s.irq))
+                "_CRS", aml.resource_template(aml.io_port(s.port, Serial.PORTS), aml.irq(s.irq))
             ),
         )
         for uid, s in enumerate(platform.serial_ports, start=1)
@@ -107,8 +107,7 @@ def build_acpi_tables(platform: AcpiPlatform, base: int) -> AcpiTables:
         image.extend(data)
         return addresses[signature]
 
-    rsdp_size = len(rsdp(0, 0))
-    image.extend(bytes(rsdp_size))  # filled in once the root tables are placed
+    image.extend(bytes(RSDP.size))  # filled in once the root tables are placed
     addresses["RSDP"] = base
     dsdt_address = place("DSDT", dsdt(differentiated_definitions(platform)))
     tables = [
@@ -121,5 +120,5 @@ def build_acpi_tables(platform: AcpiPlatform, base: int) -> AcpiTables:
         )),
     ]  # fmt: skip
     root = rsdp(place("RSDT", rsdt(tables)), place("XSDT", xsdt(tables)))
-    image[:rsdp_size] = root
+    image[: RSDP.size] = root
     return AcpiTables(base, bytes(image), addresses)

@@ -69,6 +69,8 @@ impl PyPmTimer {
     /// Ticks per second.
     #[classattr]
     const FREQUENCY: u64 = FREQUENCY_HZ as u64;
+    #[classattr]
+    const PORTS: u64 = REGISTER_SIZE;
 }
 
 #[cfg(test)]

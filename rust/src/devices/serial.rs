@@ -134,6 +134,10 @@ impl PySerial {
         Ok(initializer(serial.clone()).add_subclass(PySerial { serial }))
     }
 
+    /// The 16550A's eight registers take eight consecutive ports.
+    #[classattr]
+    const PORTS: u64 = 8;
+
     /// Everything the guest transmitted since the last call.
     fn read_output<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
         PyBytes::new(py, &self.serial.output.drain())
