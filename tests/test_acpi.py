@@ -221,5 +221,5 @@ def test_other_sleep_states_and_values_do_not_end_the_vm() -> None:
 def test_gsi_routing_names_its_interrupt_controllers() -> None:
     vm = pyfastvm.Vm(16 << 20)
     vm.create_irqchip()
-    with pytest.raises(pyfastvm.DeviceError, match='unknown interrupt controller "apic"'):
+    with pytest.raises(pyfastvm.InvalidArgumentError, match='unknown interrupt controller "apic"'):
         vm.set_gsi_routing([(0, "apic", 2)])

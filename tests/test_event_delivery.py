@@ -1,5 +1,5 @@
-"""Exceptions delivered to a guest handler at CPL 0, including the #BP that
-pyfastvm injects to complete an INT3 the instruction emulator lacks.
+"""Exceptions delivered to a guest handler at CPL 0, raised by the guest or
+injected (test_exit_assists.py has the #BP that completes an INT3 on PVM).
 
 Delivery reloads CS from the gate selector's descriptor in the guest's
 in-memory GDT; the hidden segment state set with KVM_SET_SREGS is not enough.
@@ -8,15 +8,13 @@ hosts saw CPL-0 deliveries shut down (a CPL-0 stack at RSP 0 among them)."""
 
 from __future__ import annotations
 
-import struct
-
 import pytest
 from guests import DEBUG_EXIT_PORT, long_mode_vcpu
 
 import pyfastvm
 from pyfastvm.boot.long_mode import GDT_ADDRESS, KERNEL_CODE_SELECTOR
 from pyfastvm.devices import DebugExit
-from pyfastvm.x86.emulation_assist import EmulationAssist, is_emulation_failure
+from pyfastvm.testing.tiny_kernel import interrupt_gate
 
 HANDLER = 0x20000
 IDT = 0x30000
@@ -27,15 +25,6 @@ HANDLED = 0x33
 IDLE = bytes.fromhex("9090ebfe")
 # Guest: ud2; jmp $
 UD2 = bytes.fromhex("0f0bebfe")
-# Guest: int3; jmp $
-INT3 = bytes.fromhex("ccebfe")
-
-
-def interrupt_gate(handler: int, selector: int) -> bytes:
-    """A 64-bit interrupt gate (SDM vol. 3A, 6.14.1), present, DPL 0, no IST."""
-    low = handler & 0xFFFF | selector << 16
-    high = (handler >> 16 & 0xFFFF) << 16 | 0x8E << 8
-    return struct.pack("<IIII", low, high, handler >> 32, 0)
 
 
 def guest_with_idt(code: bytes, *, gdt_in_memory: bool = True) -> tuple[pyfastvm.Vm, pyfastvm.Vcpu]:
@@ -71,15 +60,3 @@ def test_without_the_gdt_in_memory_delivery_shuts_down(code: bytes) -> None:
     if code == IDLE:
         vcpu.inject_exception(3)
     assert vcpu.run().reason == "shutdown"
-
-
-def test_int3_reaches_the_handler_with_the_assist_where_kvm_cannot_emulate_it() -> None:
-    vm, vcpu = guest_with_idt(INT3)
-    assist = EmulationAssist(vcpu, vm.memory)
-    exit = vcpu.run()
-    if is_emulation_failure(exit):  # KVM on PVM: INT3 is not emulated at CPL 0
-        assert exit.instruction is not None and exit.instruction[0] == 0xCC
-        assist.complete(exit)
-        exit = vcpu.run()
-        assert assist.completed == {"int3": 1}
-    assert exit.status == HANDLED

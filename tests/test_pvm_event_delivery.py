@@ -49,6 +49,7 @@ from pyfastvm.boot.long_mode import (
     PAGE_USER,
 )
 from pyfastvm.devices import DebugExit
+from pyfastvm.testing.tiny_kernel import interrupt_gate, tss_descriptor
 from pyfastvm.x86.cpuid import vcpu_cpuid
 
 on_pvm = pytest.mark.skipif(
@@ -78,19 +79,6 @@ STI_HLT = bytes.fromhex("fbf4ebfd")
 def handler(vector: int) -> bytes:
     """mov al, vector; out 0xf4, al; jmp $   (reports which vector arrived)"""
     return bytes([0xB0, vector, 0xE6, DEBUG_EXIT_PORT, 0xEB, 0xFE])
-
-
-def interrupt_gate(offset: int, selector: int) -> bytes:
-    """A 64-bit interrupt gate (SDM vol. 3A, 6.14.1): present, DPL 0, IST 0."""
-    low = offset & 0xFFFF | selector << 16
-    high = (offset >> 16 & 0xFFFF) << 16 | 0x8E << 8
-    return struct.pack("<IIII", low, high, offset >> 32, 0)
-
-
-def tss_descriptor(base: int, limit: int) -> bytes:
-    """A 16-byte available 64-bit TSS descriptor (SDM vol. 3A, 8.2.3)."""
-    low = limit & 0xFFFF | (base & 0xFFFFFF) << 16 | 0x89 << 40 | (base >> 24 & 0xFF) << 56
-    return struct.pack("<QQ", low, base >> 32)
 
 
 def guest(

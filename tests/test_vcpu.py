@@ -173,19 +173,29 @@ def test_several_vcpus_run_at_once_on_their_own_threads(count: int) -> None:
 
 def test_vcpu_ids_are_unique(vm: pyfastvm.Vm) -> None:
     vm.create_vcpu(0)
-    with pytest.raises(pyfastvm.VmmError, match="vCPU 0 already exists"):
+    with pytest.raises(pyfastvm.InvalidArgumentError, match="vCPU 0 already exists"):
         vm.create_vcpu(0)
 
 
+# The guest tells a Python device it runs, from inside run(), then spins:
+# mov dx, 0x3f8; out dx, al; jmp $   (a signal sent before run() would race it)
 CTRL_C_PROGRAM = textwrap.dedent(
     """
     import sys
     sys.path.insert(0, {tests!r})
     import pyfastvm
-    from guests import LONG_SPIN, long_mode_vcpu
+    from guests import long_mode_vcpu
+
+    class Running(pyfastvm.Device):
+        def read(self, offset, size):
+            return bytes(size)
+
+        def write(self, offset, data):
+            print("running", flush=True)
+
     vm = pyfastvm.Vm(16 << 20)
-    vcpu = long_mode_vcpu(vm, LONG_SPIN)
-    print("running", flush=True)
+    vm.add_pio_device(0x3F8, 1, Running())
+    vcpu = long_mode_vcpu(vm, bytes.fromhex("66baf803eeebfe"))
     try:
         vcpu.run()
     except KeyboardInterrupt:

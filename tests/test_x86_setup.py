@@ -1,22 +1,20 @@
 """The x86 state pyfastvm gives a Linux guest: CPUID, MSRs, the local APIC
-pins, the kernel command line, and the decoding behind emulation assists."""
+pins and the kernel command line, on this host's profile."""
 
 import threading
 
-import pytest
 from guests import CODE_ADDRESS, DEBUG_EXIT_PORT, long_mode_vcpu
 
 import pyfastvm
 from pyfastvm.boot.cmdline import kernel_cmdline
 from pyfastvm.devices import DebugExit
-from pyfastvm.host import is_pvm_host
+from pyfastvm.host import PVM, host_profile
 from pyfastvm.x86.cpuid import (
     HYPERCALL_FEATURES,
     KVM_FEATURES_LEAF,
     KVM_SIGNATURE_LEAF,
     vcpu_cpuid,
 )
-from pyfastvm.x86.emulation_assist import decode_memory_operand
 from pyfastvm.x86.lapic import APIC_LVT_LINT0, APIC_LVT_LINT1, wire_local_interrupts
 from pyfastvm.x86.msrs import IA32_MISC_ENABLE, boot_msrs
 
@@ -78,7 +76,7 @@ def test_a_vmcall_at_cpl0_completes_only_with_hardware_virtualization() -> None:
         exit = vcpu.run()
     finally:
         timer.cancel()
-    if is_pvm_host():
+    if host_profile().is_pvm:
         assert (exit.reason, vcpu.get_regs().rip) == ("stop", VMCALL_AT)
     else:
         assert (exit.reason, exit.status) == ("debug_exit", 0)
@@ -87,10 +85,11 @@ def test_a_vmcall_at_cpl0_completes_only_with_hardware_virtualization() -> None:
 def test_hypercall_features_are_hidden_only_on_pvm_hosts() -> None:
     supported = pyfastvm.Kvm().supported_cpuid()
     offered = leaves(supported).get((KVM_FEATURES_LEAF, 0))
-    for pvm_host in (False, True):
-        features = leaves(vcpu_cpuid(supported, apic_id=0, vcpu_count=2, pvm_host=pvm_host))
-        eax = features[(KVM_FEATURES_LEAF, 0)].eax
-        if pvm_host:
+    assert PVM.hidden_kvm_features == HYPERCALL_FEATURES
+    for hidden in (0, HYPERCALL_FEATURES):
+        entries = vcpu_cpuid(supported, apic_id=0, vcpu_count=2, hidden_kvm_features=hidden)
+        eax = leaves(entries)[(KVM_FEATURES_LEAF, 0)].eax
+        if hidden:
             assert not eax & HYPERCALL_FEATURES
         elif offered is not None:
             assert eax == offered.eax
@@ -115,24 +114,6 @@ def test_cpuid_and_boot_state_are_accepted_by_kvm() -> None:
 def test_kernel_cmdline_adds_pvm_workarounds_only_there() -> None:
     assert "console=ttyS0" in kernel_cmdline()
     assert "noxsave" not in kernel_cmdline("quiet")
-    line = kernel_cmdline("quiet", pvm_host=True)
+    line = kernel_cmdline("quiet", host_args=PVM.kernel_args)
     assert "noxsave" in line and "clearcpuid=" in line and "nowatchdog" in line
     assert line.endswith("quiet")
-
-
-@pytest.mark.parametrize(
-    "insn, address, length",
-    [
-        (bytes.fromhex("0fae542404"), 0x8000 + 4, 5),  # ldmxcsr [rsp+4]
-        (bytes.fromhex("0fae10"), 0x1000, 3),  # ldmxcsr [rax]
-        (bytes.fromhex("410fae5108"), 0x2000 + 8, 5),  # ldmxcsr [r9+8]
-        (bytes.fromhex("0fae1425f0ff0000"), 0xFFF0, 8),  # ldmxcsr [0xfff0]
-        (bytes.fromhex("0fae1510000000"), 0x5000 + 7 + 0x10, 7),  # ldmxcsr [rip+0x10]
-        (bytes.fromhex("650fae142510000000"), 0x7000 + 0x10, 9),  # ldmxcsr gs:[0x10]
-        (bytes.fromhex("0fae5448f8"), 0x1000 + 0x8000 * 2 - 8, 5),  # ldmxcsr [rax+rcx*2-8]
-    ],
-)
-def test_memory_operands_decode_like_the_cpu(insn: bytes, address: int, length: int) -> None:
-    regs = pyfastvm.Regs(rax=0x1000, rcx=0x8000, rsp=0x8000, r9=0x2000, rip=0x5000)
-    operand = decode_memory_operand(insn, 2, regs, {0x65: 0x7000})
-    assert (operand.address, operand.length, operand.reg) == (address, length, 2)

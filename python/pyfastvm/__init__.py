@@ -22,21 +22,23 @@ from .device import Device
 from .errors import (
     BusConflictError,
     DeviceError,
+    EmulationFailureError,
     GuestError,
     GuestMemoryError,
     GuestPanicError,
     GuestTimeoutError,
     HostLimitationError,
+    InvalidArgumentError,
     KvmError,
     KvmUnavailableError,
     UnclaimedAccessError,
     VcpuBusyError,
+    VcpuExitError,
     VmmError,
 )
 from .init_chain import InitChain, InitStepError
 from .machine import MicroVM
 from .runner import RunResult, run
-from .x86.emulation_assist import EmulationFailureError
 
 __all__ = [
     "MMIO_HOLE_END",
@@ -59,6 +61,7 @@ __all__ = [
     "HostLimitationError",
     "InitChain",
     "InitStepError",
+    "InvalidArgumentError",
     "Kvm",
     "KvmError",
     "KvmUnavailableError",
@@ -71,6 +74,7 @@ __all__ = [
     "VMConfig",
     "Vcpu",
     "VcpuBusyError",
+    "VcpuExitError",
     "Vm",
     "VmmError",
     "__version__",

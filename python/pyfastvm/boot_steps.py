@@ -1,13 +1,13 @@
 """The built-in init steps that turn a VMConfig into a PC-like micro-VM ready
 to boot Linux, in kvmtool's levels: core (the VM), base (interrupt
-controllers, timer), dev (devices and their ACPI description), late (kernel
-and vCPUs)."""
+controllers, timer, and the host's exit assists where it needs them), dev
+(devices and their ACPI description), late (kernel and vCPUs)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ._core import Vm
+from ._core import Vcpu, Vm
 from .acpi import AcpiPlatform, AcpiTables, SerialPort, build_acpi_tables
 from .boot import BootPlan, load_kernel
 from .boot.cmdline import kernel_cmdline
@@ -15,9 +15,8 @@ from .boot.layout import ACPI_TABLES_ADDR
 from .boot.long_mode import enter_long_mode
 from .config import VMConfig
 from .devices import I8042, PmTimer, PowerControl, Serial
-from .host import is_pvm_host
+from .host import HostProfile, host_profile
 from .init_chain import InitChain
-from .vcpu_runner import VcpuRunner
 from .x86.cpuid import vcpu_cpuid
 from .x86.interrupts import pc_gsi_routes
 from .x86.lapic import wire_local_interrupts
@@ -41,12 +40,12 @@ class MachineContext:
     initrd_overlay: bytes = b""
     # Boot a bzImage as the vmlinux inside it, decompressed on the host.
     decompress_kernel: bool = True
-    pvm_host: bool = field(default_factory=is_pvm_host)
+    profile: HostProfile = field(default_factory=host_profile)
     vm: Vm | None = None
     serial: Serial | None = None
     acpi: AcpiTables | None = None
     plan: BootPlan | None = None
-    vcpus: list[VcpuRunner] = field(default_factory=list)
+    vcpus: list[Vcpu] = field(default_factory=list)
 
     @property
     def machine(self) -> Vm:
@@ -61,6 +60,12 @@ def create_vm(ctx: MachineContext) -> None:
 
 def drop_vm(ctx: MachineContext) -> None:
     ctx.vm = None
+
+
+def enable_exit_assists(ctx: MachineContext) -> None:
+    """The work this host's KVM leaves to user space, completed in the run
+    loop (pyfastvm.host); before the guest first runs."""
+    ctx.machine.enable_exit_assists(list(ctx.profile.exit_assists))
 
 
 def create_irqchip(ctx: MachineContext) -> None:
@@ -123,7 +128,7 @@ def load_linux(ctx: MachineContext) -> None:
     ctx.plan = load_kernel(
         ctx.config.kernel,
         memory_size=ctx.config.memory_bytes,
-        cmdline=kernel_cmdline(ctx.config.cmdline, pvm_host=ctx.pvm_host),
+        cmdline=kernel_cmdline(ctx.config.cmdline, host_args=ctx.profile.kernel_args),
         initrd=initrd_image(ctx),
         decompress=ctx.decompress_kernel,
     )
@@ -138,11 +143,13 @@ def create_vcpus(ctx: MachineContext) -> None:
     count = ctx.config.vcpus
     for index in range(count):
         vcpu = ctx.machine.create_vcpu(index)
-        cpuid = vcpu_cpuid(supported, apic_id=index, vcpu_count=count, pvm_host=ctx.pvm_host)
-        vcpu.set_cpuid(cpuid)
+        hidden = ctx.profile.hidden_kvm_features
+        vcpu.set_cpuid(
+            vcpu_cpuid(supported, apic_id=index, vcpu_count=count, hidden_kvm_features=hidden)
+        )
         vcpu.set_msrs(boot_msrs())
         wire_local_interrupts(vcpu)
-        ctx.vcpus.append(VcpuRunner.for_vcpu(vcpu, ctx.machine.memory))
+        ctx.vcpus.append(vcpu)
     enter_linux(ctx)
 
 
@@ -151,7 +158,7 @@ def enter_linux(ctx: MachineContext) -> None:
     boot GDT, RSI = the zero page, interrupts off (Documentation/arch/x86/
     boot.rst, "64-bit Boot Protocol")."""
     assert ctx.plan is not None
-    vcpu = ctx.vcpus[0].vcpu
+    vcpu = ctx.vcpus[0]
     enter_long_mode(vcpu, ctx.machine.memory)
     fpu = vcpu.get_fpu()
     fpu.fcw, fpu.mxcsr = X87_CONTROL_DEFAULT, MXCSR_DEFAULT
@@ -165,10 +172,14 @@ def drop_vcpus(ctx: MachineContext) -> None:
     ctx.vcpus.clear()
 
 
-def default_init_chain() -> InitChain[MachineContext]:
-    """The steps of a Linux micro-VM; add your own before starting it."""
+def default_init_chain(profile: HostProfile | None = None) -> InitChain[MachineContext]:
+    """The steps of a Linux micro-VM on a host of `profile` (this one's by
+    default); add your own before starting it."""
+    profile = profile if profile is not None else host_profile()
     chain: InitChain[MachineContext] = InitChain()
     chain.add("vm", "core", create_vm, drop_vm)
+    if profile.exit_assists:
+        chain.add("exit-assists", "base", enable_exit_assists)
     chain.add("irqchip", "base", create_irqchip)
     chain.add("pit", "base", lambda ctx: ctx.machine.create_pit())
     chain.add("serial", "dev", add_serial, drop_serial)

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 
 from ._core import VmmError
-from .runner import DEFAULT_TIMEOUT, run
+from .machine import ConsoleSink
+from .progress import BootProgress
+from .runner import DEFAULT_TIMEOUT, RunResult, run
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyfastvm", description=__doc__)
     commands = parser.add_subparsers(dest="action", required=True)
     boot = commands.add_parser("run", help="boot a micro-VM and run COMMAND in it")
-    boot.add_argument("--kernel", help="bzImage or ELF vmlinux (default: Debian's cloud kernel)")
+    boot.add_argument(
+        "--kernel",
+        help="bzImage or ELF vmlinux (default: Debian's cloud kernel; on KVM-on-PVM hosts "
+        "pyfastvm's minimal kernel, built once)",
+    )
     boot.add_argument("--initrd", help="an initrd whose files the guest also gets")
     boot.add_argument("--memory", default="256M", help="guest RAM, e.g. 512M (default 256M)")
     boot.add_argument("--vcpus", type=int, default=1, help="number of vCPUs (default 1)")
@@ -28,7 +35,23 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        result = run(
+        result = _run_showing_progress(args)
+    except VmmError as error:
+        print(f"pyfastvm: {error}", file=sys.stderr)
+        return 125
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.flush()
+    return result.exit_code
+
+
+def _run_showing_progress(args: argparse.Namespace) -> RunResult:
+    """Runs the command; on a terminal (and without --console) a progress
+    line shows the boot's elapsed time and latest kernel line."""
+    console: ConsoleSink = sys.stderr.buffer if args.console else None
+    with contextlib.ExitStack() as stack:
+        if console is None and sys.stderr.isatty():
+            console = stack.enter_context(BootProgress(sys.stderr)).feed
+        return run(
             args.command,
             kernel=args.kernel,
             initrd=args.initrd,
@@ -36,14 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             vcpus=args.vcpus,
             cmdline=args.cmdline,
             timeout=args.timeout,
-            console=sys.stderr.buffer if args.console else None,
+            console=console,
         )
-    except VmmError as error:
-        print(f"pyfastvm: {error}", file=sys.stderr)
-        return 125
-    sys.stdout.buffer.write(result.stdout)
-    sys.stdout.flush()
-    return result.exit_code
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 from ._core import (
     BusConflictError,
     DeviceError,
+    EmulationFailureError,
     GuestMemoryError,
+    InvalidArgumentError,
     KvmError,
     KvmUnavailableError,
     UnclaimedAccessError,
@@ -29,21 +31,29 @@ class GuestPanicError(GuestError):
 
 
 class HostLimitationError(GuestError):
-    """The host's KVM cannot run what the guest needs (e.g. guest user space
-    on KVM on PVM)."""
+    """The host's KVM cannot run what the guest needs (e.g. user space of a
+    kernel whose system calls pyfastvm cannot complete on KVM on PVM)."""
+
+
+class VcpuExitError(VmmError):
+    """A vCPU stopped with an exit the machine cannot continue from (a failed
+    entry, an exit KVM gave no user-space handling for)."""
 
 
 __all__ = [
     "BusConflictError",
     "DeviceError",
+    "EmulationFailureError",
     "GuestError",
     "GuestMemoryError",
     "GuestPanicError",
     "GuestTimeoutError",
     "HostLimitationError",
+    "InvalidArgumentError",
     "KvmError",
     "KvmUnavailableError",
     "UnclaimedAccessError",
     "VcpuBusyError",
+    "VcpuExitError",
     "VmmError",
 ]

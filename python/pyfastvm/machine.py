@@ -12,18 +12,29 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import IO
 
-from ._core import VmmError
+from ._core import EmulationFailureError, Exit, Vcpu, VmmError
 from .boot_steps import MachineContext, default_init_chain
 from .config import VMConfig
-from .errors import GuestTimeoutError
+from .errors import GuestTimeoutError, VcpuExitError
 from .guest.console_protocol import INIT_MILESTONE, PANIC_TEXT
 from .init_chain import InitChain
-from .vcpu_runner import MACHINE_ENDING, VcpuRunner
 
 ConsoleSink = Callable[[bytes], object] | IO[bytes] | IO[str] | None
 
 # How often the console pump looks at its stop flag while the guest is silent.
 CONSOLE_POLL_SECONDS = 0.1
+
+# Exits that end the machine, by the reason MicroVM reports.
+MACHINE_ENDING = {
+    "reset": "reset",  # the ACPI reset register or the i8042 reset line
+    "poweroff": "poweroff",  # ACPI S5
+    "shutdown": "shutdown",  # a triple fault
+    "hlt": "halted",  # only without an in-kernel irqchip
+    "system_event": "system_event",
+    "debug_exit": "debug_exit",
+    "stop": "stopped",
+}
+KVM_INTERNAL_ERROR_EMULATION = 1
 
 
 def console_writer(console: ConsoleSink) -> Callable[[bytes], object] | None:
@@ -82,8 +93,8 @@ class MicroVM:
         self.chain.run(self.context)
         self.started_at = time.monotonic()
         self._spawn("console", self._pump_console)
-        for runner in self.context.vcpus:
-            self._spawn(f"vcpu{runner.vcpu.index}", functools.partial(self._run_vcpu, runner))
+        for vcpu in self.context.vcpus:
+            self._spawn(f"vcpu{vcpu.index}", functools.partial(self._run_vcpu, vcpu))
         return self
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
@@ -122,16 +133,17 @@ class MicroVM:
 
     # -- the guest's threads --------------------------------------------------
 
-    def _run_vcpu(self, runner: VcpuRunner) -> None:
+    def _run_vcpu(self, vcpu: Vcpu) -> None:
         """One vCPU's thread. The first vCPU to end the machine stops them all."""
         try:
-            exit = runner.run_until_stop()
+            exit = vcpu.run()
+            reason = ending_reason(vcpu, exit)
         except BaseException as error:  # reported by wait(), never lost
             with self._changed:
                 self.error = self.error or error
             self.stop("error")
             return
-        self.stop(MACHINE_ENDING[exit.reason], device=exit.device)
+        self.stop(reason, device=exit.device)
 
     def _pump_console(self) -> None:
         serial = self.context.serial
@@ -194,7 +206,28 @@ class MicroVM:
             if settled:
                 return predicate()
         self.stop("timeout")
-        raise GuestTimeoutError(f"the guest was still running after {timeout} s; stopped it")
+        raise GuestTimeoutError(
+            f"the guest was still running after {timeout} s; stopped it. "
+            f"{self._progress_hint()}Last console lines:\n{self.console_tail()}"
+        )
+
+    def exit_assist_counts(self) -> dict[str, int]:
+        """What the run loop's exit assists completed so far (empty on hardware
+        KVM); until the VM is closed."""
+        return self.context.machine.exit_assist_counts()
+
+    def console_tail(self, lines: int = 5) -> str:
+        """The last `lines` lines of the console: where the guest was."""
+        return "\n".join(self.console.splitlines()[-lines:]) or "(nothing)"
+
+    def _progress_hint(self) -> str:
+        if INIT_MILESTONE in self.milestones or not self.context.profile.is_pvm:
+            return ""
+        return (
+            "It had not started its init: on a KVM-on-PVM host a kernel boots through "
+            "KVM's instruction emulator (Debian's takes 3 to 15 minutes, pyfastvm's "
+            "minimal kernel under a minute), so give it a longer timeout. "
+        )
 
     def wait_for(self, text: str, timeout: float | None = None) -> float:
         """Waits until the console shows `text`; returns the seconds since start."""
@@ -216,3 +249,20 @@ class MicroVM:
     def _raise_if_failed(self) -> None:
         if self.error is not None:
             raise self.error
+
+
+def ending_reason(vcpu: Vcpu, exit: Exit) -> str:
+    """Why `exit` ends the machine; raises for one it cannot continue from."""
+    reason = MACHINE_ENDING.get(exit.reason)
+    if reason is not None:
+        return reason
+    if exit.reason == "internal_error" and exit.suberror == KVM_INTERNAL_ERROR_EMULATION:
+        rip, insn = vcpu.get_regs().rip, exit.instruction or b""
+        raise EmulationFailureError(
+            f"KVM could not emulate the guest instruction at RIP {rip:#x} "
+            f"(bytes {insn.hex(' ')}). On a KVM-on-PVM host guest kernel code runs "
+            "through KVM's instruction emulator, which lacks some instructions: switch "
+            "the CPU feature that uses it off on the kernel command line (clearcpuid=...,"
+            " noxsave), or use a host with hardware virtualization (VMX/SVM)."
+        )
+    raise VcpuExitError(f"vCPU {vcpu.index} stopped with {exit!r}")

@@ -1,8 +1,10 @@
 //! Typed errors of the core, and their mapping onto the Python exception hierarchy.
 
 use pyo3::create_exception;
-use pyo3::exceptions::PyException;
-use pyo3::PyErr;
+use pyo3::exceptions::{PyException, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple, PyType};
 use thiserror::Error;
 
 create_exception!(
@@ -48,6 +50,39 @@ create_exception!(
     VmmError,
     "The vCPU is running on another thread."
 );
+create_exception!(
+    pyfastvm,
+    EmulationFailureError,
+    VmmError,
+    "KVM could not run a guest instruction, and the VMM could not complete it."
+);
+
+static INVALID_ARGUMENT_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+/// Defined in Python, as a GuestError.
+static HOST_LIMITATION_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+/// `pyfastvm.InvalidArgumentError`: both a VmmError and a ValueError, for
+/// arguments that cannot be right whatever the guest does.
+pub fn invalid_argument_error(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    let class = INVALID_ARGUMENT_ERROR.get_or_try_init(py, || {
+        let bases = PyTuple::new(
+            py,
+            [py.get_type::<VmmError>(), py.get_type::<PyValueError>()],
+        )?;
+        let namespace = PyDict::new(py);
+        namespace.set_item("__module__", "pyfastvm")?;
+        namespace.set_item(
+            "__doc__",
+            "An argument pyfastvm cannot use: a duplicate vCPU index, a register \
+             page of the wrong size, an unknown name. The message says what to pass.",
+        )?;
+        let class = py
+            .get_type::<PyType>()
+            .call1(("InvalidArgumentError", bases, namespace))?;
+        Ok::<_, PyErr>(class.cast_into::<PyType>()?.unbind())
+    })?;
+    Ok(class.bind(py))
+}
 
 /// Everything that can go wrong in the core.
 #[derive(Debug, Error)]
@@ -102,6 +137,15 @@ pub enum Error {
     Device(String),
     #[error("vCPU {0} is running on another thread: stop it (vcpu.stop()) before using it here")]
     VcpuBusy(u32),
+    /// An argument that cannot be right (a ValueError in Python).
+    #[error("{0}")]
+    Argument(String),
+    /// An exit assist could not complete the guest's work.
+    #[error("{0}")]
+    Assist(String),
+    /// This host's KVM cannot run what the guest needs, even with the assists.
+    #[error("{0}")]
+    HostLimitation(String),
     /// An exception raised by a Python device, carried with its traceback.
     #[error("{0}")]
     Python(#[from] PyErr),
@@ -131,6 +175,17 @@ impl From<Error> for PyErr {
             Error::UnclaimedAccess { .. } => UnclaimedAccessError::new_err(message),
             Error::Device(_) => DeviceError::new_err(message),
             Error::VcpuBusy(_) => VcpuBusyError::new_err(message),
+            Error::Argument(_) => Python::attach(|py| match invalid_argument_error(py) {
+                Ok(class) => PyErr::from_type(class.clone(), message),
+                Err(err) => err,
+            }),
+            Error::Assist(_) => EmulationFailureError::new_err(message),
+            Error::HostLimitation(_) => Python::attach(|py| {
+                match HOST_LIMITATION_ERROR.import(py, "pyfastvm.errors", "HostLimitationError") {
+                    Ok(class) => PyErr::from_type(class.clone(), message),
+                    Err(err) => err,
+                }
+            }),
             Error::Python(err) => err,
         }
     }

@@ -1,5 +1,6 @@
 //! What `vcpu.run()` returns: why the guest stopped, with the details.
 
+use kvm_bindings::KVM_INTERNAL_ERROR_EMULATION;
 use pyo3::prelude::*;
 
 use crate::devices::StopReason;
@@ -62,6 +63,11 @@ impl Exit {
             instruction,
             ..Exit::new("internal_error")
         }
+    }
+
+    /// KVM's instruction emulator met an instruction it cannot run.
+    pub fn is_emulation_failure(&self) -> bool {
+        self.suberror == Some(KVM_INTERNAL_ERROR_EMULATION)
     }
 }
 

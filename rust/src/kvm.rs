@@ -34,7 +34,7 @@ pub struct Kvm {
 impl Kvm {
     pub fn open(path: &str) -> Result<Self> {
         let c_path = CString::new(path)
-            .map_err(|_| Error::Device(format!("KVM path {path:?} contains a NUL byte")))?;
+            .map_err(|_| Error::Argument(format!("KVM path {path:?} contains a NUL byte")))?;
         let kvm = kvm_ioctls::Kvm::new_with_path(&c_path).map_err(|e| open_error(path, e))?;
         let found = kvm.get_api_version();
         if found != KVM_API_VERSION {
@@ -83,7 +83,7 @@ impl Kvm {
 
     /// The path this handle was opened from.
     #[getter]
-    fn path(&self) -> &str {
+    pub fn path(&self) -> &str {
         &self.path
     }
 

@@ -1,6 +1,7 @@
 //! pyfastvm._core: the KVM hot path of pyfastvm. Guest memory, the vCPU run
 //! loop and PIO/MMIO dispatch live here; Python composes the rest.
 
+mod assist;
 mod bus;
 mod devices;
 mod error;
@@ -10,6 +11,7 @@ mod memory;
 mod regs;
 mod vcpu;
 mod vm;
+mod x86;
 
 use pyo3::prelude::*;
 
@@ -44,9 +46,14 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         ),
         ("DeviceError", py.get_type::<error::DeviceError>()),
         ("VcpuBusyError", py.get_type::<error::VcpuBusyError>()),
+        (
+            "EmulationFailureError",
+            py.get_type::<error::EmulationFailureError>(),
+        ),
     ] {
         m.add(name, exception)?;
     }
+    m.add("InvalidArgumentError", error::invalid_argument_error(py)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MMIO_HOLE_START", memory::MMIO_HOLE_START)?;
     m.add("MMIO_HOLE_END", memory::MMIO_HOLE_END)?;

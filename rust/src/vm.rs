@@ -1,20 +1,21 @@
 //! A virtual machine: guest RAM registered with KVM, the PIO and MMIO buses,
 //! and its vCPUs.
 
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-
+use std::collections::BTreeMap;
 use std::os::fd::{FromRawFd, RawFd};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use kvm_bindings::{
-    kvm_irq_routing_entry, kvm_pit_config, kvm_userspace_memory_region, KvmIrqRouting,
+    kvm_irq_routing_entry, kvm_msi, kvm_pit_config, kvm_userspace_memory_region, KvmIrqRouting,
     KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
     KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{Cap, VmFd};
 use pyo3::prelude::*;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::assist::ExitAssists;
 use crate::bus::{AddressSpace, Bus};
 use crate::devices::{BuiltinDevice, Device, PythonDevice};
 use crate::error::{Error, Result};
@@ -30,13 +31,19 @@ const TSS_ADDRESS: usize = 0xfffb_d000;
 /// drop order: the VM fd is closed before the RAM it maps is unmapped.
 pub struct Machine {
     vm_fd: VmFd,
-    ram: Arc<GuestMemoryMmap>,
+    pub ram: Arc<GuestMemoryMmap>,
     pio: RwLock<Bus>,
     mmio: RwLock<Bus>,
     pub ignore_unclaimed: bool,
+    assists: OnceLock<ExitAssists>,
 }
 
 impl Machine {
+    /// The exit assists the host profile chose, once; None before that.
+    pub fn assists(&self) -> Option<&ExitAssists> {
+        self.assists.get()
+    }
+
     fn bus(&self, space: AddressSpace) -> &RwLock<Bus> {
         match space {
             AddressSpace::Pio => &self.pio,
@@ -142,6 +149,7 @@ impl Vm {
             pio: RwLock::new(Bus::new(AddressSpace::Pio)),
             mmio: RwLock::new(Bus::new(AddressSpace::Mmio)),
             ignore_unclaimed,
+            assists: OnceLock::new(),
         });
         Ok(Vm {
             kvm,
@@ -185,6 +193,46 @@ impl Vm {
             .add_device(AddressSpace::Mmio, base, length, device)
     }
 
+    /// Lets the VMM complete, on the vCPU threads, the guest work this host's
+    /// KVM leaves to user space: any of "syscall", "int3", "fwait" and
+    /// "ldmxcsr" (see `pyfastvm.host`). Chosen once per VM, before it runs.
+    fn enable_exit_assists(&self, names: Vec<String>) -> Result<()> {
+        let assists = ExitAssists::new(&names)?;
+        let kvm = self.kvm.get();
+        if !assists.is_empty() && !kvm.kvm.check_extension(Cap::SyncRegs) {
+            return Err(Error::KvmCapabilities {
+                path: kvm.path().to_owned(),
+                missing: "KVM_CAP_SYNC_REGS (the exit assists read registers through it)".into(),
+            });
+        }
+        if self.machine.assists.get().is_some() {
+            return Err(Error::Argument(
+                "this VM's exit assists are already chosen: they are set once, before it runs"
+                    .into(),
+            ));
+        }
+        assists.install(&self.machine.vm_fd)?;
+        let _ = self.machine.assists.set(assists);
+        Ok(())
+    }
+
+    /// The names of the exit assists this VM uses, in the order they are asked.
+    #[getter]
+    fn exit_assists(&self) -> Vec<&'static str> {
+        self.machine
+            .assists()
+            .map(ExitAssists::names)
+            .unwrap_or_default()
+    }
+
+    /// How often the exit assists did each kind of work, over all vCPUs.
+    fn exit_assist_counts(&self) -> BTreeMap<&'static str, u64> {
+        self.machine
+            .assists()
+            .map(ExitAssists::counts)
+            .unwrap_or_default()
+    }
+
     /// Creates the in-kernel PIC, IOAPIC and local APICs (KVM_CREATE_IRQCHIP);
     /// before any vCPU is created.
     fn create_irqchip(&self) -> Result<()> {
@@ -213,7 +261,7 @@ impl Vm {
         // KVM checks that it is an eventfd.
         let own = unsafe { libc::dup(fd) };
         if own < 0 {
-            return Err(Error::Device(format!(
+            return Err(Error::Argument(format!(
                 "register_irqfd: fd {fd} is not open"
             )));
         }
@@ -234,11 +282,30 @@ impl Vm {
             .map(|(gsi, chip, pin)| irqchip_route(*gsi, chip, *pin))
             .collect::<Result<Vec<_>>>()?;
         let routing = KvmIrqRouting::from_entries(&entries)
-            .map_err(|e| Error::Device(format!("set_gsi_routing: {e:?}")))?;
+            .map_err(|e| Error::Argument(format!("set_gsi_routing: {e:?}")))?;
         self.machine
             .vm_fd
             .set_gsi_routing(&routing)
             .map_err(Error::kvm("KVM_SET_GSI_ROUTING"))
+    }
+
+    /// Sends a message-signalled interrupt (KVM_SIGNAL_MSI): `address` and
+    /// `data` as a device would write them (Intel SDM vol. 3A, 11.11), e.g.
+    /// an NMI to APIC id 0 with address 0xFEE00000 and data 0x400. Returns
+    /// whether a local APIC took it.
+    fn signal_msi(&self, address: u64, data: u32) -> Result<bool> {
+        let msi = kvm_msi {
+            address_lo: address as u32,
+            address_hi: (address >> 32) as u32,
+            data,
+            ..Default::default()
+        };
+        let delivered = self
+            .machine
+            .vm_fd
+            .signal_msi(msi)
+            .map_err(Error::kvm("KVM_SIGNAL_MSI"))?;
+        Ok(delivered > 0)
     }
 
     /// Raises (`active`) or lowers interrupt line `irq` (KVM_IRQ_LINE).
@@ -253,8 +320,8 @@ impl Vm {
     fn create_vcpu(&self, index: u32) -> Result<Vcpu> {
         let mut vcpus = self.vcpus.lock().unwrap_or_else(PoisonError::into_inner);
         if vcpus.iter().any(|v| v.index == index) {
-            return Err(Error::Device(format!(
-                "vCPU {index} already exists in this VM"
+            return Err(Error::Argument(format!(
+                "vCPU {index} already exists in this VM: give each vCPU its own index"
             )));
         }
         let fd = self
@@ -286,7 +353,7 @@ fn irqchip_route(gsi: u32, chip: &str, pin: u32) -> Result<kvm_irq_routing_entry
         "pic_slave" => KVM_IRQCHIP_PIC_SLAVE,
         "ioapic" => KVM_IRQCHIP_IOAPIC,
         _ => {
-            return Err(Error::Device(format!(
+            return Err(Error::Argument(format!(
                 "set_gsi_routing: unknown interrupt controller {chip:?}; \
                  use \"pic_master\", \"pic_slave\" or \"ioapic\""
             )))

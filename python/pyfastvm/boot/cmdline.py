@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 # Console on COM1. A panic resets at once, through the FADT's reset register
 # (reboot=acpi; the i8042 is the kernel's fallback), which ends the VM with
 # reason "reset". Without reboot= a kernel built with EFI support picks an EFI
@@ -19,20 +21,8 @@ BASE_ARGS = (
     "cryptomgr.notests",
 )
 
-# KVM on PVM runs guest kernel code through KVM's instruction emulator.
-# These CPU features make the kernel use instructions the emulator lacks
-# (XSAVE/XRSTOR, CMPXCHG16B, POPCNT, SSSE3 and SSE4 (the kernel's BLAKE2s and
-# CRC code), AES-NI, STAC/CLAC); KVM_SET_CPUID2
-# cannot hide them on such a host, so the kernel is told to leave them alone.
-# The emulator's pace also trips the soft-lockup watchdog on slow initcalls.
-PVM_ARGS = (
-    "noxsave",
-    "clearcpuid=cx16,popcnt,ssse3,sse4_1,sse4_2,aes,smap",
-    "nowatchdog",
-)
 
-
-def kernel_cmdline(user_args: str = "", *, pvm_host: bool = False) -> str:
-    """pyfastvm's arguments, the PVM ones where needed, then the user's."""
-    args = [*BASE_ARGS, *(PVM_ARGS if pvm_host else ()), user_args.strip()]
+def kernel_cmdline(user_args: str = "", *, host_args: Sequence[str] = ()) -> str:
+    """pyfastvm's arguments, the host's (HostProfile.kernel_args), then the user's."""
+    args = [*BASE_ARGS, *host_args, user_args.strip()]
     return " ".join(a for a in args if a)

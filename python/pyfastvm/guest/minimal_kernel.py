@@ -34,10 +34,19 @@ KernelKind = Literal["vmlinux", "bzImage"]
 
 def minimal_kernel(kind: KernelKind = "vmlinux") -> Path:
     """The minimal kernel (its ELF vmlinux, or its bzImage), built on first use."""
-    entry = cache_subdir("minimal-kernel") / _build_key()
-    if not all((entry / name).is_file() for name in OUTPUTS):
+    entry = _cache_entry()
+    if not is_built():
         _build(entry)
     return entry / kind
+
+
+def is_built() -> bool:
+    """Whether the minimal kernel is in the cache already."""
+    return all((_cache_entry() / name).is_file() for name in OUTPUTS)
+
+
+def _cache_entry() -> Path:
+    return cache_subdir("minimal-kernel") / _build_key()
 
 
 def _build_key() -> str:

@@ -81,20 +81,19 @@ def _for_vcpu(entry: CpuidEntry, apic_id: int, vcpu_count: int) -> CpuidEntry:
 
 
 def vcpu_cpuid(
-    supported: Iterable[CpuidEntry], *, apic_id: int, vcpu_count: int, pvm_host: bool = False
+    supported: Iterable[CpuidEntry], *, apic_id: int, vcpu_count: int, hidden_kvm_features: int = 0
 ) -> list[CpuidEntry]:
     """KVM_GET_SUPPORTED_CPUID adjusted for one vCPU: its APIC id and the
     topology of `vcpu_count` single-threaded cores, the hypervisor bit, no
-    invariant TSC, and the KVM leaves (kept from KVM when it reports them;
-    without the hypercall-based features on a PVM host)."""
+    invariant TSC, and the KVM leaves (kept from KVM when it reports them,
+    less `hidden_kvm_features`: HostProfile.hidden_kvm_features)."""
     replaced = (KVM_SIGNATURE_LEAF, KVM_FEATURES_LEAF, EXTENDED_TOPOLOGY_LEAF)
     entries = [_for_vcpu(e, apic_id, vcpu_count) for e in supported if e.function not in replaced]
     entries += extended_topology(apic_id, vcpu_count)
     features = next((e for e in supported if e.function == KVM_FEATURES_LEAF), None)
     if features is None:
         features = CpuidEntry(function=KVM_FEATURES_LEAF)
-    if pvm_host:
-        features = _replace(features, eax=features.eax & ~HYPERCALL_FEATURES)
+    features = _replace(features, eax=features.eax & ~hidden_kvm_features)
     entries.append(kvm_signature_leaf(KVM_FEATURES_LEAF))
     entries.append(features)
     return entries

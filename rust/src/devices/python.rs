@@ -67,6 +67,8 @@ impl Device for PythonDevice {
                 )));
             }
             data.copy_from_slice(bytes);
+            // A Ctrl-C during the call: KVM_RUN, entered next, will not see it.
+            py.check_signals()?;
             Ok(IoAction::Continue)
         })
     }
@@ -74,6 +76,7 @@ impl Device for PythonDevice {
     fn write(&self, offset: u64, data: &[u8]) -> Result<IoAction> {
         Python::attach(|py| {
             self.write.call1(py, (offset, PyBytes::new(py, data)))?;
+            py.check_signals()?;
             Ok(IoAction::Continue)
         })
     }

@@ -1,93 +1,26 @@
-//! A vCPU: its register state, and the KVM_RUN loop that dispatches PIO and
-//! MMIO exits to the buses without leaving Rust.
+//! A vCPU: its register state, its run loop (run_loop.rs) and how another
+//! thread stops it (kick.rs).
+
+mod kick;
+mod run_area;
+mod run_loop;
 
 use std::collections::BTreeMap;
-use std::ptr::addr_of_mut;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use kvm_bindings::{
-    kvm_msr_entry, kvm_run, Msrs, KVM_INTERNAL_ERROR_EMULATION,
-    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
-};
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_bindings::{kvm_msr_entry, Msrs};
+use kvm_ioctls::VcpuFd;
 use pyo3::prelude::*;
-use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
-use crate::bus::AddressSpace;
-use crate::devices::IoAction;
+pub use kick::install_kick_handler;
+use kick::kick_signal;
+use run_area::RunArea;
+
 use crate::error::{Error, Result};
 use crate::exit::Exit;
 use crate::regs::{CpuidEntry, Fpu, Regs, Sregs};
 use crate::vm::Machine;
-
-/// Real-time signal that kicks a vCPU thread out of KVM_RUN (offset from SIGRTMIN).
-const KICK_SIGNAL_OFFSET: i32 = 7;
-
-fn kick_signal() -> i32 {
-    SIGRTMIN() + KICK_SIGNAL_OFFSET
-}
-
-extern "C" fn ignore_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
-/// Installs the no-op handler for the kick signal; its only job is to make
-/// KVM_RUN return EINTR. Without SA_RESTART, so the ioctl is not resumed.
-pub fn install_kick_handler() -> Result<()> {
-    register_signal_handler(kick_signal(), ignore_kick).map_err(|e| Error::Kvm {
-        op: "installing the vCPU kick signal handler",
-        source: e,
-    })
-}
-
-/// The vCPU's kvm_run area, shared so other threads can set `immediate_exit`.
-struct RunArea(*mut kvm_run);
-
-// SAFETY: the pointer targets the kvm_run mmap owned by the VcpuFd stored next
-// to it in `VcpuShared`, so it is valid for as long as the RunArea; other
-// threads only touch the `immediate_exit` byte, atomically.
-unsafe impl Send for RunArea {}
-// SAFETY: as above.
-unsafe impl Sync for RunArea {}
-
-impl RunArea {
-    fn immediate_exit(&self) -> &AtomicU8 {
-        // SAFETY: `immediate_exit` is a u8 inside the live kvm_run mapping; all
-        // our accesses to it go through this atomic, and KVM only reads it.
-        unsafe { AtomicU8::from_ptr(addr_of_mut!((*self.0).immediate_exit)) }
-    }
-
-    /// The access size of the current KVM_EXIT_IO (1, 2 or 4).
-    fn io_size(&self) -> usize {
-        // SAFETY: read right after KVM_RUN returned KVM_EXIT_IO, when the
-        // kernel has filled the `io` member of the union.
-        usize::from(unsafe { (*self.0).__bindgen_anon_1.io.size }).max(1)
-    }
-
-    fn exit_reason(&self) -> u32 {
-        // SAFETY: a plain u32 the kernel sets on every exit.
-        unsafe { (*self.0).exit_reason }
-    }
-
-    /// Details of the current KVM_EXIT_INTERNAL_ERROR.
-    fn internal_error(&self) -> Exit {
-        // SAFETY: read right after KVM_RUN returned KVM_EXIT_INTERNAL_ERROR,
-        // when the kernel has filled the `internal` member of the union.
-        let internal = unsafe { (*self.0).__bindgen_anon_1.internal };
-        let ndata = (internal.ndata as usize).min(internal.data.len());
-        let data = internal.data[..ndata].to_vec();
-        // SAFETY: `emulation_failure` overlays `internal` with the same prefix.
-        let failure = unsafe { (*self.0).__bindgen_anon_1.emulation_failure };
-        let has_bytes = u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES);
-        let instruction = (internal.suberror == KVM_INTERNAL_ERROR_EMULATION
-            && failure.flags & has_bytes != 0)
-            .then(|| {
-                // SAFETY: the flag says the instruction bytes are present.
-                let insn = unsafe { failure.__bindgen_anon_1.__bindgen_anon_1 };
-                insn.insn_bytes[..usize::from(insn.insn_size).min(15)].to_vec()
-            });
-        Exit::internal_error(internal.suberror, data, instruction)
-    }
-}
 
 /// The state of one vCPU shared by its Python handle and its VM.
 pub struct VcpuShared {
@@ -138,136 +71,6 @@ impl VcpuShared {
             .map_err(|_| Error::VcpuBusy(self.index))?;
         f(&mut fd)
     }
-
-    /// Runs the guest until something Python must see. Exactly one ioctl,
-    /// KVM_RUN, per exit on the PIO/MMIO path.
-    fn run_loop(&self, fd: &mut VcpuFd) -> Result<Exit> {
-        loop {
-            let outcome = match fd.run() {
-                Ok(exit) => self.handle_exit(exit),
-                Err(e) if matches!(e.errno(), libc::EINTR | libc::EAGAIN) => self.on_interrupt(),
-                Err(source) => Err(Error::Kvm {
-                    op: "KVM_RUN",
-                    source,
-                }),
-            };
-            if let Some(exit) = outcome? {
-                return Ok(exit);
-            }
-        }
-    }
-
-    fn on_interrupt(&self) -> Result<Option<Exit>> {
-        self.run_area.immediate_exit().store(0, Ordering::SeqCst);
-        if self.stop_requested.swap(false, Ordering::SeqCst) {
-            return Ok(Some(Exit::new("stop")));
-        }
-        // A signal for Python (Ctrl-C's SIGINT) may be why KVM_RUN returned.
-        Python::attach(|py| py.check_signals())?;
-        Ok(None)
-    }
-
-    fn handle_exit(&self, exit: VcpuExit<'_>) -> Result<Option<Exit>> {
-        match exit {
-            VcpuExit::IoOut(port, data) => {
-                let size = self.run_area.io_size();
-                self.write_all(AddressSpace::Pio, port.into(), size, data.chunks(size))
-            }
-            VcpuExit::IoIn(port, data) => {
-                let size = self.run_area.io_size();
-                self.read_all(AddressSpace::Pio, port.into(), size, data.chunks_mut(size))
-            }
-            VcpuExit::MmioWrite(address, data) => self.write_all(
-                AddressSpace::Mmio,
-                address,
-                data.len(),
-                std::iter::once(data),
-            ),
-            VcpuExit::MmioRead(address, data) => self.read_all(
-                AddressSpace::Mmio,
-                address,
-                data.len(),
-                std::iter::once(data),
-            ),
-            VcpuExit::Intr => Ok(None),
-            VcpuExit::Hlt => Ok(Some(Exit::new("hlt"))),
-            VcpuExit::Shutdown => Ok(Some(Exit::new("shutdown"))),
-            VcpuExit::FailEntry(reason, _cpu) => Ok(Some(Exit {
-                hardware_entry_failure_reason: Some(reason),
-                ..Exit::new("fail_entry")
-            })),
-            VcpuExit::InternalError => Ok(Some(self.run_area.internal_error())),
-            VcpuExit::SystemEvent(event_type, data) => Ok(Some(Exit {
-                event_type: Some(event_type),
-                data: data.to_vec(),
-                ..Exit::new("system_event")
-            })),
-            _ => Ok(Some(Exit {
-                exit_reason: Some(self.run_area.exit_reason()),
-                ..Exit::new("unhandled")
-            })),
-        }
-    }
-
-    /// Delivers the writes of one exit (several for `rep outs`) to the device
-    /// at `address`, stopping early if the device ends the run.
-    fn write_all<'a>(
-        &self,
-        space: AddressSpace,
-        address: u64,
-        size: usize,
-        accesses: impl Iterator<Item = &'a [u8]>,
-    ) -> Result<Option<Exit>> {
-        let Some((offset, device)) = self.machine.find_device(space, address) else {
-            return self.unclaimed(space, "write", address, size);
-        };
-        for data in accesses {
-            if let IoAction::Stop(reason) = device.write(offset, data)? {
-                return Ok(Some(Exit::stopped_by(reason, device.name())));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Fills the reads of one exit (several for `rep ins`) from the device.
-    fn read_all<'a>(
-        &self,
-        space: AddressSpace,
-        address: u64,
-        size: usize,
-        mut accesses: impl Iterator<Item = &'a mut [u8]>,
-    ) -> Result<Option<Exit>> {
-        let Some((offset, device)) = self.machine.find_device(space, address) else {
-            for data in accesses.by_ref() {
-                data.fill(0xff);
-            }
-            return self.unclaimed(space, "read", address, size);
-        };
-        for data in accesses {
-            if let IoAction::Stop(reason) = device.read(offset, data)? {
-                return Ok(Some(Exit::stopped_by(reason, device.name())));
-            }
-        }
-        Ok(None)
-    }
-
-    fn unclaimed(
-        &self,
-        space: AddressSpace,
-        access: &'static str,
-        address: u64,
-        size: usize,
-    ) -> Result<Option<Exit>> {
-        if self.machine.ignore_unclaimed {
-            return Ok(None);
-        }
-        Err(Error::UnclaimedAccess {
-            space: space.name(),
-            access,
-            address,
-            size,
-        })
-    }
 }
 
 /// A virtual CPU of a `Vm`, created with `vm.create_vcpu(index)`.
@@ -287,6 +90,8 @@ impl Vcpu {
     /// Runs the guest with the GIL released until an exit Python must see,
     /// and returns it. Device errors and Ctrl-C propagate as exceptions.
     fn run(&self, py: Python<'_>) -> Result<Exit> {
+        // A Ctrl-C that came before KVM_RUN could be interrupted by it.
+        py.check_signals()?;
         let shared = &*self.shared;
         shared.with_fd(|fd| {
             py.detach(|| {
@@ -382,7 +187,7 @@ impl Vcpu {
     fn set_cpuid(&self, entries: Vec<PyRef<'_, CpuidEntry>>) -> Result<()> {
         let raw: Vec<_> = entries.iter().map(|e| (&**e).into()).collect();
         let cpuid = kvm_bindings::CpuId::from_entries(&raw)
-            .map_err(|_| Error::Device(format!("too many CPUID entries: {}", raw.len())))?;
+            .map_err(|_| Error::Argument(format!("too many CPUID entries: {}", raw.len())))?;
         self.shared
             .with_fd(|fd| fd.set_cpuid2(&cpuid).map_err(Error::kvm("KVM_SET_CPUID2")))
     }
@@ -398,7 +203,7 @@ impl Vcpu {
     fn set_lapic(&self, regs: &[u8]) -> Result<()> {
         let mut lapic = kvm_bindings::kvm_lapic_state::default();
         if regs.len() != lapic.regs.len() {
-            return Err(Error::Device(format!(
+            return Err(Error::Argument(format!(
                 "set_lapic takes the {}-byte register page, not {} bytes",
                 lapic.regs.len(),
                 regs.len()
@@ -445,7 +250,7 @@ impl Vcpu {
 
 fn msr_list(entries: &[kvm_msr_entry]) -> Result<Msrs> {
     Msrs::from_entries(entries)
-        .map_err(|_| Error::Device(format!("too many MSRs in one call: {}", entries.len())))
+        .map_err(|_| Error::Argument(format!("too many MSRs in one call: {}", entries.len())))
 }
 
 /// KVM_GET/SET_MSRS stop at the first MSR they refuse; name it.

@@ -1,0 +1,1 @@
+"""Support for pyfastvm's own tests and benchmarks."""
