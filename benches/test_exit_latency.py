@@ -27,8 +27,8 @@ from guest_loops import (
 from pytest_benchmark.fixture import BenchmarkFixture
 
 import pyfastvm
-from pyfastvm.boot.long_mode import enter_long_mode
 from pyfastvm.devices import DebugExit, Sink
+from pyfastvm.x86.long_mode import enter_long_mode
 
 BATCH = 1000
 ROUNDS = 30

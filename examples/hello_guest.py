@@ -1,8 +1,8 @@
 """Run a tiny 64-bit guest that prints through a Python device and exits."""
 
 import pyfastvm
-from pyfastvm.boot.long_mode import enter_long_mode
 from pyfastvm.devices import DebugExit
+from pyfastvm.x86.long_mode import enter_long_mode
 
 
 class Console(pyfastvm.Device):

@@ -4,7 +4,7 @@ assembly (Intel syntax) beside it, and the vCPU set-up each mode needs."""
 from __future__ import annotations
 
 import pyfastvm
-from pyfastvm.boot.long_mode import enter_long_mode
+from pyfastvm.x86.long_mode import enter_long_mode
 
 CODE_ADDRESS = 0x10000
 REAL_MODE_CODE = 0x1000

@@ -12,13 +12,16 @@ from guests import DEBUG_EXIT_PORT, real_mode_vcpu
 
 import pyfastvm
 from pyfastvm.acpi import aml
-from pyfastvm.boot_steps import (
+from pyfastvm.builder import (
     COM1_IRQ,
     COM1_PORT,
-    MachineContext,
-    add_acpi,
+    BuildContext,
+    add_acpi_devices,
+    add_i8042,
+    add_serial,
     create_irqchip,
     create_vm,
+    describe_machine,
 )
 from pyfastvm.devices import DebugExit, PmTimer, PowerControl
 
@@ -57,17 +60,19 @@ def pointers(data: bytes, width: int) -> list[int]:
     return list(struct.unpack(f"<{len(body) // width}{'I' if width == 4 else 'Q'}", body))
 
 
-def machine(vcpus: int) -> MachineContext:
-    ctx = MachineContext(pyfastvm.VMConfig(vcpus=vcpus))
-    for step in (create_vm, create_irqchip, add_acpi):
+def machine(vcpus: int) -> BuildContext:
+    """The default machine up to its firmware level: devices and tables."""
+    ctx = BuildContext(pyfastvm.VMConfig(vcpus=vcpus))
+    for step in (create_vm, create_irqchip, add_serial, add_i8042, add_acpi_devices):
         step(ctx)
+    describe_machine(ctx)
     return ctx
 
 
 @pytest.fixture(scope="module")
 def tables() -> dict[bytes, bytes]:
     """Every table of a 4-vCPU machine, reached through the RSDT."""
-    vm = machine(4).machine
+    vm = machine(4).vm
     rsdp = find_rsdp(vm)
     assert sum(rsdp) % 256 == 0, "extended checksum"
     _, revision, rsdt_address, length, xsdt_address = struct.unpack("<9x6sBIIQ", rsdp[:32])
@@ -182,10 +187,10 @@ def out_byte(port: int, value: int) -> bytes:
     return struct.pack("<BHBBB", 0xBA, port, 0xB0, value, 0xEE)
 
 
-def fadt_ports(ctx: MachineContext) -> tuple[int, int]:
+def fadt_ports(ctx: BuildContext) -> tuple[int, int]:
     """The sleep control and reset ports, as the guest reads them from the FADT."""
     assert ctx.acpi is not None
-    _, fadt = read_table(ctx.machine, ctx.acpi.addresses["FACP"])
+    _, fadt = read_table(ctx.vm, ctx.acpi.addresses["FACP"])
     return gas(fadt, 244)[4], gas(fadt, 116)[4]
 
 
@@ -201,20 +206,20 @@ def test_a_guest_writing_the_fadt_registers_ends_the_vm(register: str) -> None:
         if register == "sleep_control"
         else out_byte(reset, PowerControl.RESET_VALUE)
     )
-    exit = real_mode_vcpu(ctx.machine, code).run()
+    exit = real_mode_vcpu(ctx.vm, code).run()
     expected = "poweroff" if register == "sleep_control" else "reset"
-    assert (exit.reason, exit.device) == (expected, "PowerControl")
+    assert (exit.reason, exit.device) == (expected, "power-control")
 
 
 def test_other_sleep_states_and_values_do_not_end_the_vm() -> None:
     ctx = machine(1)
-    ctx.machine.add_pio_device(DEBUG_EXIT_PORT, 1, DebugExit())
+    ctx.vm.add_pio_device(DEBUG_EXIT_PORT, 1, DebugExit())
     sleep_control, reset = fadt_ports(ctx)
     code = out_byte(sleep_control, 3 << 2 | 1 << 5)  # S3
     code += out_byte(sleep_control, PowerControl.S5_SLEEP_TYPE << 2)  # S5 without SLP_EN
     code += out_byte(reset, PowerControl.RESET_VALUE + 1)
     code += out_byte(DEBUG_EXIT_PORT, 7)
-    exit = real_mode_vcpu(ctx.machine, code).run()
+    exit = real_mode_vcpu(ctx.vm, code).run()
     assert (exit.reason, exit.status) == ("debug_exit", 7)
 
 

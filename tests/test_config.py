@@ -100,7 +100,7 @@ class Probe:
 
 def test_overlapping_devices_are_named(kernel: Path) -> None:
     devices = [
-        DeviceSpec("pio", 0x3F8, 8, Sink(), name="uart"),
+        DeviceSpec("pio", 0x3F8, 8, Sink(), id="uart"),
         DeviceSpec("pio", 0x3FC, 4, Probe()),
     ]
     with pytest.raises(
@@ -127,10 +127,10 @@ def test_the_same_range_on_the_other_bus_or_adjacent_is_fine(kernel: Path) -> No
     [
         (DeviceSpec("pio", 0xFFFF, 2, Sink()), "Sink \\(pio 0xffff-0x10000\\) goes past .* 0xffff"),
         (DeviceSpec("mmio", (1 << 64) - 1, 2, Sink()), "goes past the mmio bus's end"),
-        (DeviceSpec("pio", 0x10, 0, Sink(), name="empty"), "empty: base 0x10, length 0"),
+        (DeviceSpec("pio", 0x10, 0, Sink(), id="empty"), "empty: base 0x10, length 0"),
         (DeviceSpec("pio", -1, 1, Sink()), "base >= 0"),
         (DeviceSpec("isa", 0x10, 1, Sink()), "bus 'isa' is not 'pio' or 'mmio'"),  # type: ignore[arg-type]
-        (DeviceSpec("pio", 0x10, 1, object(), name="x"), "object has no read or write method"),
+        (DeviceSpec("pio", 0x10, 1, object(), id="x"), "object has no read or write method"),
         (DeviceSpec("mmio", 0x1000, 0x100, Sink()), "lies in guest RAM .*0x0-0xfffffff.*hole"),
     ],
 )  # fmt: skip

@@ -28,7 +28,7 @@ def test_real_mode_guest_writes_a_string_to_a_python_device(vm: pyfastvm.Vm) -> 
     vm.add_pio_device(SERIAL_PORT, 8, serial)
     vm.memory.write(0x1100, b"hi!\r\n")
     vcpu = real_mode_vcpu(vm, REAL_REP_OUTSB)
-    assert vcpu.run().reason == "hlt"
+    assert vcpu.run().reason == "halted"
     assert serial.text == b"hi!\r\n"
     assert serial.writes[0] == (0, b"h")
 
@@ -47,7 +47,7 @@ def test_long_mode_guest_writes_a_string_to_a_python_device(vm: pyfastvm.Vm, use
 def test_rep_insb_fills_guest_memory_from_a_python_device(vm: pyfastvm.Vm) -> None:
     vm.add_pio_device(SERIAL_PORT, 8, Recorder(answer=0x5A))
     vcpu = real_mode_vcpu(vm, REAL_REP_INSB)
-    assert vcpu.run().reason == "hlt"
+    assert vcpu.run().reason == "halted"
     assert vm.memory.read(0x1200, 5) == b"\x5a\x5a\x5a\x5a\x00"
 
 
@@ -55,7 +55,7 @@ def test_mmio_read_reaches_a_guest_register(vm: pyfastvm.Vm) -> None:
     device = Recorder(answer=0x1122_3344_5566_7788)
     vm.add_mmio_device(MMIO_BASE, 0x1000, device)
     vcpu = long_mode_vcpu(vm, LONG_MMIO_READ_WRITE)
-    assert vcpu.run().reason == "hlt"
+    assert vcpu.run().reason == "halted"
     assert vcpu.get_regs().rax == 0x1122_3344_5566_7788
     assert device.reads == [(0, 8)]
     assert device.writes == [(8, (0xCAFEF00D).to_bytes(4, "little"))]
@@ -65,7 +65,7 @@ def test_real_mode_mmio_read_below_1mib() -> None:
     vm = pyfastvm.Vm(512 << 10)
     vm.add_mmio_device(0xF0000, 0x100, Recorder(answer=0xDEADBEEF))
     vcpu = real_mode_vcpu(vm, REAL_MMIO_READ)
-    assert vcpu.run().reason == "hlt"
+    assert vcpu.run().reason == "halted"
     assert vcpu.get_regs().rax & 0xFFFF_FFFF == 0xDEADBEEF
 
 
@@ -79,7 +79,7 @@ def test_rust_sink_reads_zero_and_accepts_writes(vm: pyfastvm.Vm) -> None:
     vm.add_mmio_device(MMIO_BASE, 0x1000, Sink())
     vcpu = long_mode_vcpu(vm, LONG_MMIO_READ_WRITE)
     vcpu.set_regs(pyfastvm.Regs(rax=0xFFFF, rip=vcpu.get_regs().rip, rflags=2))
-    assert vcpu.run().reason == "hlt"
+    assert vcpu.run().reason == "halted"
     assert vcpu.get_regs().rax == 0
     assert Sink().read(0, 4) == bytes(4)
 
@@ -102,7 +102,7 @@ def test_unclaimed_mmio_write_names_the_address(vm: pyfastvm.Vm) -> None:
 def test_ignored_unclaimed_reads_return_all_ones() -> None:
     vm = pyfastvm.Vm(16 << 20, ignore_unclaimed=True)
     vcpu = long_mode_vcpu(vm, LONG_UNCLAIMED_IN)
-    assert vcpu.run().reason == "hlt"
+    assert vcpu.run().reason == "halted"
     assert vcpu.get_regs().rax & 0xFF == 0xFF
 
 
@@ -110,7 +110,7 @@ def test_overlapping_range_names_both_devices(vm: pyfastvm.Vm) -> None:
     vm.add_pio_device(SERIAL_PORT, 8, Recorder())
     with pytest.raises(
         pyfastvm.BusConflictError,
-        match=r"0x3fc-0x3ff for Sink overlaps 0x3f8-0x3ff held by Recorder",
+        match=r'0x3fc-0x3ff for "Sink" overlaps 0x3f8-0x3ff held by "Recorder"',
     ):
         vm.add_pio_device(0x3FC, 4, Sink())
     with pytest.raises(pyfastvm.BusConflictError, match="overlaps"):

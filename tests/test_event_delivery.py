@@ -12,9 +12,9 @@ import pytest
 from guests import DEBUG_EXIT_PORT, long_mode_vcpu
 
 import pyfastvm
-from pyfastvm.boot.long_mode import GDT_ADDRESS, KERNEL_CODE_SELECTOR
 from pyfastvm.devices import DebugExit
 from pyfastvm.testing.tiny_kernel import interrupt_gate
+from pyfastvm.x86.long_mode import GDT_ADDRESS, KERNEL_CODE_SELECTOR
 
 HANDLER = 0x20000
 IDT = 0x30000

@@ -115,7 +115,7 @@ def test_an_nmi_while_the_command_runs_is_survived() -> None:
     config = pyfastvm.VMConfig(kernel=default_kernel())
     with pyfastvm.MicroVM(config, console=protocol.feed, initrd_overlay=overlay) as machine:
         assert machine.wait_until(lambda: protocol.command_started, BOOT_TIMEOUT)
-        assert machine.context.machine.signal_msi(*NMI_TO_APIC_0)
+        assert machine.context.vm.signal_msi(*NMI_TO_APIC_0)
         assert machine.wait_until(lambda: protocol.finished, BOOT_TIMEOUT)
     assert (protocol.exit_code, protocol.stdout) == (0, b"survived\n")
     assert "NMI received for unknown reason" in machine.console

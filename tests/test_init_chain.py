@@ -178,7 +178,12 @@ def test_before_and_after_place_a_step_next_to_another() -> None:
     "name, level, where, message",
     [
         ("vm", "base", {}, "'vm' is already registered"),
-        ("x", "early", {}, "unknown init level 'early'.*use one of core, base, dev, late"),
+        (
+            "x",
+            "early",
+            {},
+            "unknown init level 'early'.*use one of core, base, dev, firmware, late",
+        ),
         ("x", "dev", {"before": "nope"}, "'nope', which is not registered.*vm, irq, serial"),
         ("x", "dev", {"after": "vm"}, r"'vm' \(level core\).*use level='core'"),
         ("x", "dev", {"before": "serial", "after": "serial"}, "not both"),

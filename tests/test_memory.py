@@ -1,5 +1,7 @@
 """Guest RAM: layout around the MMIO hole, copies, zero-copy views, bounds."""
 
+from pathlib import Path
+
 import pytest
 
 import pyfastvm
@@ -64,3 +66,40 @@ def test_view_keeps_memory_alive_after_the_vm_is_gone() -> None:
 def test_memory_size_must_be_whole_pages(size: int) -> None:
     with pytest.raises(pyfastvm.GuestMemoryError, match="multiple of 4 KiB"):
         pyfastvm.Vm(size)
+
+
+def test_vms_start_copy_on_write_from_shared_memory() -> None:
+    """A VM on shared memory (a memfd) is what clones start from: each maps it
+    privately, sees its contents, and writes only to its own copy."""
+    template = pyfastvm.Vm(16 << 20, shared_memory=True)
+    assert template.memory_fd is not None
+    template.memory.write(0x1000, b"template")
+    clones = [pyfastvm.Vm(16 << 20, memory_from=template.memory_fd) for _ in range(2)]
+    clones[0].memory.write(0x1000, b"clone 0!")
+    assert clones[1].memory.read(0x1000, 8) == b"template"
+    assert template.memory.read(0x1000, 8) == b"template"
+    assert clones[0].memory.read(0x1000, 8) == b"clone 0!"
+
+
+def test_memory_dumps_sparse_and_maps_back(tmp_path: Path) -> None:
+    vm = pyfastvm.Vm(5 * GiB)
+    vm.memory.write(0x2000, b"low")
+    vm.memory.write(4 * GiB + 0x1000, b"high")
+    path = tmp_path / "memory"
+    with path.open("wb") as file:
+        assert vm.memory.dump(file.fileno()) == 2 * 4096
+    assert path.stat().st_size == 5 * GiB and path.stat().st_blocks * 512 < 1 << 20
+    with path.open("rb") as file:
+        again = pyfastvm.Vm(5 * GiB, memory_from=file.fileno())
+    assert again.memory.read(0x2000, 3) == b"low"
+    assert again.memory.read(4 * GiB + 0x1000, 4) == b"high"
+
+
+def test_a_memory_file_smaller_than_the_vm_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "memory"
+    path.write_bytes(bytes(8 << 20))
+    with (
+        path.open("rb") as file,
+        pytest.raises(pyfastvm.GuestMemoryError, match="holds 8 MiB, less than the VM's 16 MiB"),
+    ):
+        pyfastvm.Vm(16 << 20, memory_from=file.fileno())

@@ -43,14 +43,14 @@ from guests import DEBUG_EXIT_PORT, STACK_TOP, long_mode_vcpu
 
 import pyfastvm
 from pyfastvm.boot.layout import BOOT_GDT_ADDR, PD_ADDR, PD_COUNT, PDPT_ADDR, PML4_ADDR
-from pyfastvm.boot.long_mode import (
+from pyfastvm.devices import DebugExit
+from pyfastvm.testing.tiny_kernel import interrupt_gate, tss_descriptor
+from pyfastvm.x86.cpuid import vcpu_cpuid
+from pyfastvm.x86.long_mode import (
     KERNEL_CODE_SELECTOR,
     KERNEL_DATA_SELECTOR,
     PAGE_USER,
 )
-from pyfastvm.devices import DebugExit
-from pyfastvm.testing.tiny_kernel import interrupt_gate, tss_descriptor
-from pyfastvm.x86.cpuid import vcpu_cpuid
 
 on_pvm = pytest.mark.skipif(
     not pyfastvm.host.is_pvm_host(), reason="PVM-specific: hardware checks the gate's descriptor"

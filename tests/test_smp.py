@@ -18,7 +18,7 @@ from pyfastvm.guest.console_protocol import INIT_MILESTONE, new_nonce
 from pyfastvm.guest.debian import busybox_static
 from pyfastvm.guest.initramfs import build_initramfs
 from pyfastvm.guest.minimal_kernel import minimal_kernel
-from pyfastvm.machine import MicroVM
+from pyfastvm.microvm import MicroVM
 
 BOOT_TIMEOUT = 600.0
 NO_INIT = "rdinit=/none init=/none"
@@ -38,7 +38,7 @@ def test_n_vcpus_come_up_and_a_panic_resets_through_the_fadt(vcpus: int, cmdline
     config = pyfastvm.VMConfig(kernel=minimal_kernel(), vcpus=vcpus, cmdline=cmdline)
     with MicroVM(config) as vm:
         assert vm.wait(timeout=BOOT_TIMEOUT) == "reset"
-        assert vm.stopped_by == "PowerControl"
+        assert vm.stopped_by == "power-control"
     console = vm.console
     assert cpus_brought_up(console) == vcpus
     assert "ACPI: PM-Timer IO Port: 0x608" in console
@@ -78,5 +78,5 @@ def test_poweroff_and_reboot_end_the_vm_with_their_reason(command: str, reason: 
     config = pyfastvm.VMConfig(kernel=minimal_kernel(), vcpus=2)
     with MicroVM(config, initrd_overlay=initramfs) as vm:
         assert vm.wait(timeout=BOOT_TIMEOUT) == reason
-        assert vm.stopped_by == "PowerControl"
+        assert vm.stopped_by == "power-control"
     assert INIT_MILESTONE in vm.console  # complete once the console thread is joined

@@ -18,8 +18,7 @@ import pytest
 from guests import DEBUG_EXIT_PORT, Recorder
 
 import pyfastvm
-from pyfastvm.boot.long_mode import KERNEL_CODE_SELECTOR, USER_CODE_SELECTOR
-from pyfastvm.boot_steps import default_init_chain
+from pyfastvm.builder import default_init_chain
 from pyfastvm.devices import DebugExit
 from pyfastvm.guest.minimal_kernel import minimal_kernel
 from pyfastvm.host import HARDWARE, PVM, host_profile
@@ -34,6 +33,7 @@ from pyfastvm.testing.tiny_kernel import (
     TinyKernel,
     interrupt_gate,
 )
+from pyfastvm.x86.long_mode import KERNEL_CODE_SELECTOR, USER_CODE_SELECTOR
 from pyfastvm.x86.msrs import MSR_LSTAR
 
 PROFILE = host_profile()
@@ -131,6 +131,6 @@ def test_exit_assists_are_set_up_only_on_pvm_hosts() -> None:
     machine = pyfastvm.MicroVM(pyfastvm.VMConfig(kernel=minimal_kernel()))
     machine.chain.run(machine.context)  # built, not started
     try:
-        assert machine.context.machine.exit_assists == list(PROFILE.exit_assists)
+        assert machine.context.vm.exit_assists == list(PROFILE.exit_assists)
     finally:
         machine.close()

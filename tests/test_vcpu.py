@@ -25,6 +25,8 @@ import pyfastvm
 from pyfastvm.devices import DebugExit, Sink
 from pyfastvm.host import is_pvm_host
 
+# 1: inc rbx; jmp 1b
+COUNT_IN_RBX = bytes.fromhex("48ffc3ebfb")
 MSR_IA32_SYSENTER_CS = 0x174
 MSR_IA32_SYSENTER_ESP = 0x175
 MSR_NOT_THERE = 0xDEAD_BEEF
@@ -33,7 +35,7 @@ MSR_NOT_THERE = 0xDEAD_BEEF
 def test_hlt_ends_the_run(vm: pyfastvm.Vm) -> None:
     vcpu = real_mode_vcpu(vm, b"\xf4")  # hlt
     exit = vcpu.run()
-    assert exit.reason == "hlt" and exit.status is None
+    assert exit.reason == "halted" and exit.status is None
     assert vcpu.get_regs().rip == 0x1001
 
 
@@ -120,18 +122,36 @@ def test_a_spinning_guest_is_stopped_from_another_thread(vm: pyfastvm.Vm, stoppe
     assert thread.is_alive(), "the guest should still be spinning"
     (vcpu if stopper == "vcpu" else vm).stop()
     thread.join(30)
-    assert not thread.is_alive() and result[0].reason == "stop"
+    assert not thread.is_alive() and result[0].reason == "stopped"
     # The vCPU is reusable after a stop.
     thread, result = run_in_thread(vcpu.run)
     vcpu.stop()
     thread.join(30)
-    assert result[0].reason == "stop"
+    assert result[0].reason == "stopped"
+
+
+def test_a_paused_vcpu_runs_on_from_where_it_was(vm: pyfastvm.Vm) -> None:
+    """A pause ends run() with "paused"; the next run() continues the guest
+    (counting in RBX) as if nothing happened; a stop outranks a pause."""
+    vcpu = long_mode_vcpu(vm, COUNT_IN_RBX)
+    counts = []
+    for _ in range(2):
+        thread, result = run_in_thread(vcpu.run)
+        thread.join(0.1)
+        vm.pause()
+        thread.join(30)
+        assert result[0].reason == pyfastvm.ExitReason.PAUSED == "paused"
+        counts.append(vcpu.get_regs().rbx)
+    assert 0 < counts[0] < counts[1]
+    vcpu.pause()
+    vcpu.stop()
+    assert vcpu.run().reason == "stopped"
 
 
 def test_a_stop_before_run_ends_the_next_run_at_once(vm: pyfastvm.Vm) -> None:
     vcpu = long_mode_vcpu(vm, LONG_SPIN)
     vcpu.stop()
-    assert vcpu.run().reason == "stop"
+    assert vcpu.run().reason == "stopped"
 
 
 def test_a_running_vcpu_is_busy_for_other_threads(vm: pyfastvm.Vm) -> None:

@@ -77,7 +77,7 @@ def test_a_vmcall_at_cpl0_completes_only_with_hardware_virtualization() -> None:
     finally:
         timer.cancel()
     if host_profile().is_pvm:
-        assert (exit.reason, vcpu.get_regs().rip) == ("stop", VMCALL_AT)
+        assert (exit.reason, vcpu.get_regs().rip) == ("stopped", VMCALL_AT)
     else:
         assert (exit.reason, exit.status) == ("debug_exit", 0)
 
@@ -111,9 +111,8 @@ def test_cpuid_and_boot_state_are_accepted_by_kvm() -> None:
     assert lint == [0b111, 0b100]  # ExtINT, NMI
 
 
-def test_kernel_cmdline_adds_pvm_workarounds_only_there() -> None:
-    assert "console=ttyS0" in kernel_cmdline()
-    assert "noxsave" not in kernel_cmdline("quiet")
-    line = kernel_cmdline("quiet", host_args=PVM.kernel_args)
+def test_kernel_cmdline_is_pyfastvms_then_the_machines_then_the_users() -> None:
+    assert kernel_cmdline() == "panic=-1 cryptomgr.notests"
+    line = kernel_cmdline("quiet", extra_args=PVM.kernel_args)
     assert "noxsave" in line and "clearcpuid=" in line and "nowatchdog" in line
-    assert line.endswith("quiet")
+    assert line.startswith("panic=-1") and line.endswith("quiet")

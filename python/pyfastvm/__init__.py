@@ -5,8 +5,10 @@ from ._core import (
     MMIO_HOLE_END,
     MMIO_HOLE_START,
     CpuidEntry,
+    DeviceInfo,
     DTable,
     Exit,
+    ExitReason,
     Fpu,
     GuestMemory,
     Kvm,
@@ -18,7 +20,7 @@ from ._core import (
     __version__,
 )
 from .config import ConfigError, DeviceSpec, VMConfig
-from .device import Device
+from .devices import Device
 from .errors import (
     BusConflictError,
     DeviceError,
@@ -37,7 +39,7 @@ from .errors import (
     VmmError,
 )
 from .init_chain import InitChain, InitStepError
-from .machine import MicroVM
+from .microvm import MicroVM
 from .runner import RunResult, run
 
 __all__ = [
@@ -49,9 +51,11 @@ __all__ = [
     "DTable",
     "Device",
     "DeviceError",
+    "DeviceInfo",
     "DeviceSpec",
     "EmulationFailureError",
     "Exit",
+    "ExitReason",
     "Fpu",
     "GuestError",
     "GuestMemory",

@@ -38,12 +38,36 @@ class GuestMemory:
     def read(self, gpa: int, size: int) -> bytes: ...
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None: ...
     def view(self, gpa: int, size: int) -> memoryview: ...
+    def dump(self, fd: int) -> int:
+        """Writes RAM to `fd` (ranges in order, zero pages as holes); returns
+        the bytes of data written."""
+
+def ram_layout(memory_size: int) -> list[tuple[int, int]]:
+    """(guest-physical address, length) of each RAM range of a VM of that size."""
+
+@final
+class DeviceInfo:
+    id: str
+    kind: str
+    space: str
+    base: int
+    length: int
+    gsi: int | None
+    device: Any
 
 @final
 class Vm:
     def __init__(
-        self, memory_size: int, kvm: Kvm | None = None, ignore_unclaimed: bool = False
+        self,
+        memory_size: int,
+        kvm: Kvm | None = None,
+        ignore_unclaimed: bool = False,
+        *,
+        memory_from: int | None = None,
+        shared_memory: bool = False,
     ) -> None: ...
+    @property
+    def memory_fd(self) -> int | None: ...
     @property
     def kvm(self) -> Kvm: ...
     @property
@@ -52,8 +76,21 @@ class Vm:
     def memory_size(self) -> int: ...
     @property
     def ignore_unclaimed(self) -> bool: ...
-    def add_pio_device(self, base: int, length: int, device: Any) -> None: ...
-    def add_mmio_device(self, base: int, length: int, device: Any) -> None: ...
+    def add_pio_device(
+        self, base: int, length: int, device: Any, *, id: str | None = None, gsi: int | None = None
+    ) -> DeviceInfo: ...
+    def add_mmio_device(
+        self,
+        base: int | None,
+        length: int,
+        device: Any,
+        *,
+        id: str | None = None,
+        gsi: int | None = None,
+    ) -> DeviceInfo: ...
+    def allocate_gsi(self) -> int: ...
+    @property
+    def devices(self) -> list[DeviceInfo]: ...
     def create_irqchip(self) -> None: ...
     def create_pit(self) -> None: ...
     def set_gsi_routing(self, routes: list[tuple[int, str, int]]) -> None:
@@ -65,6 +102,8 @@ class Vm:
         """Sends an MSI (KVM_SIGNAL_MSI); True if a local APIC took it."""
     def create_vcpu(self, index: int) -> Vcpu: ...
     def stop(self) -> None: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
     def enable_exit_assists(self, names: list[str]) -> None:
         """Has the run loop complete the guest work this host's KVM leaves to
         user space: any of "syscall", "int3", "fwait", "ldmxcsr". Once."""
@@ -78,6 +117,8 @@ class Vcpu:
     def index(self) -> int: ...
     def run(self) -> Exit: ...
     def stop(self) -> None: ...
+    def pause(self) -> None: ...
+    def kvmclock_ctrl(self) -> bool: ...
     def get_regs(self) -> Regs: ...
     def set_regs(self, regs: Regs) -> None: ...
     def get_sregs(self) -> Sregs: ...
@@ -93,8 +134,28 @@ class Vcpu:
     def inject_exception(self, vector: int, error_code: int | None = None) -> None: ...
 
 @final
+class ExitReason:
+    """Why a run ended; equal to its word too (ExitReason.HALTED == "halted")."""
+
+    HALTED: ClassVar[ExitReason]
+    SHUTDOWN: ClassVar[ExitReason]
+    DEBUG_EXIT: ClassVar[ExitReason]
+    RESET: ClassVar[ExitReason]
+    POWEROFF: ClassVar[ExitReason]
+    FAIL_ENTRY: ClassVar[ExitReason]
+    INTERNAL_ERROR: ClassVar[ExitReason]
+    SYSTEM_EVENT: ClassVar[ExitReason]
+    STOPPED: ClassVar[ExitReason]
+    PAUSED: ClassVar[ExitReason]
+    UNHANDLED: ClassVar[ExitReason]
+    @property
+    def value(self) -> str: ...
+    def __eq__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
+
+@final
 class Exit:
-    reason: str
+    reason: ExitReason
     status: int | None
     suberror: int | None
     data: list[int]

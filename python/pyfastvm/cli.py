@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from ._core import VmmError
-from .machine import ConsoleSink
+from .microvm import ConsoleSink
 from .progress import BootProgress
 from .runner import DEFAULT_TIMEOUT, RunResult, run
 

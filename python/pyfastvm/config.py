@@ -49,18 +49,20 @@ def _parse_size_text(size: str) -> int:
 class DeviceSpec:
     """A device to put on a bus at [base, base + length): `device` is built in
     (pyfastvm.devices) or any object with read(offset, size) and
-    write(offset, data)."""
+    write(offset, data). `id` names it in the VM (by default its class's
+    name); `gsi` is its interrupt line, if it has one."""
 
     bus: Literal["pio", "mmio"]
     base: int
     length: int
     device: object
-    name: str | None = None
+    id: str | None = None
+    gsi: int | None = None
 
     @property
     def label(self) -> str:
-        """The name, or the device's class name when it has none."""
-        return self.name or type(self.device).__name__
+        """The id, or the device's class name when it has none."""
+        return self.id or type(self.device).__name__
 
     @property
     def end(self) -> int:

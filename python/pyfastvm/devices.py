@@ -1,11 +1,55 @@
-"""Devices built into the Rust core; guest accesses to them never enter Python."""
+"""Devices: the contract of a device written in Python, and the devices
+built into the Rust core, whose guest accesses never enter Python."""
 
-from ._core import I8042, BuiltinDevice, DebugExit, PmTimer, PowerControl, Serial, Sink
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from ._core import I8042, BuiltinDevice, DebugExit, DeviceInfo, PmTimer, PowerControl, Serial, Sink
+from .description import DeviceDescription
+
+
+class Device(ABC):
+    """A device on the PIO or MMIO bus, implemented in Python.
+
+    Register it with ``vm.add_pio_device(base, length, device)`` or
+    ``vm.add_mmio_device(base, length, device)`` (or a ``DeviceSpec`` in
+    ``VMConfig.devices``). The vCPU loop calls it with the GIL held, on the
+    thread that runs the vCPU. Subclassing is optional: any object with
+    ``read`` and ``write`` works.
+
+    ``offset`` is relative to ``base``; accesses are 1, 2, 4 or 8 bytes,
+    little-endian. An exception raised here ends ``vcpu.run()`` and
+    propagates to its caller with its traceback.
+
+    Optional, where they apply:
+
+    - ``irq_fd``: an eventfd the device signals its interrupt on; registered
+      with a ``gsi``, the VM connects it to that interrupt line.
+    - ``describe(info)``: what the device tells the guest, a
+      ``pyfastvm.description.DeviceDescription`` (its DSDT terms and kernel
+      arguments); ``info`` is its ``DeviceInfo`` (id, range, gsi). The
+      default tells nothing.
+    """
+
+    @abstractmethod
+    def read(self, offset: int, size: int) -> bytes:
+        """Return exactly ``size`` bytes for a guest read at ``offset``."""
+
+    @abstractmethod
+    def write(self, offset: int, data: bytes) -> None:
+        """Handle a guest write of ``data`` at ``offset``."""
+
+    def describe(self, info: DeviceInfo) -> DeviceDescription:
+        """What the guest learns of this device; nothing by default."""
+        return DeviceDescription()
+
 
 __all__ = [
     "I8042",
     "BuiltinDevice",
     "DebugExit",
+    "Device",
     "PmTimer",
     "PowerControl",
     "Serial",

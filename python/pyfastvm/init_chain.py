@@ -14,7 +14,7 @@ from typing import Generic, TypeVar
 
 from ._core import VmmError
 
-LEVELS = ("core", "base", "dev", "late")
+LEVELS = ("core", "base", "dev", "firmware", "late")
 
 C = TypeVar("C")
 Step = Callable[[C], object]

@@ -15,7 +15,7 @@ from .guest.console_protocol import INIT_MILESTONE, ConsoleProtocol, new_nonce
 from .guest.debian import busybox_static, debian_kernel
 from .guest.initramfs import build_initramfs
 from .host import host_profile
-from .machine import ConsoleSink, MicroVM, console_writer
+from .microvm import ConsoleSink, MicroVM, console_writer
 
 DEFAULT_TIMEOUT = 600.0
 # After the guest has reported, how long it may take to power itself off.

@@ -1,18 +1,109 @@
 //! What `vcpu.run()` returns: why the guest stopped, with the details.
 
 use kvm_bindings::KVM_INTERNAL_ERROR_EMULATION;
+use pyo3::basic::CompareOp;
 use pyo3::prelude::*;
+use pyo3::types::PyString;
 
 use crate::devices::StopReason;
 
-/// The reason a run ended. `reason` is one of "hlt", "shutdown", "debug_exit",
-/// "reset", "poweroff", "fail_entry", "internal_error", "system_event", "stop"
-/// or "unhandled";
-/// the other fields are set where they apply and are None otherwise.
+/// Why a run ended. Each reason equals its name as a string too
+/// (`ExitReason.HALTED == "halted"`), the words `MicroVM.stop_reason` uses.
+#[pyclass(
+    frozen,
+    skip_from_py_object,
+    module = "pyfastvm",
+    rename_all = "SCREAMING_SNAKE_CASE"
+)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// HLT without an in-kernel irqchip.
+    Halted,
+    /// A triple fault.
+    Shutdown,
+    /// The guest wrote to a DebugExit device (`status`).
+    DebugExit,
+    /// A device reset the machine (the ACPI reset register, the i8042).
+    Reset,
+    /// The guest entered ACPI S5.
+    Poweroff,
+    /// KVM could not enter the guest (`hardware_entry_failure_reason`).
+    FailEntry,
+    /// KVM reported an internal error (`suberror`, `data`, `instruction`).
+    InternalError,
+    /// KVM_EXIT_SYSTEM_EVENT (`event_type`, `data`).
+    SystemEvent,
+    /// `vcpu.stop()` or `vm.stop()`.
+    Stopped,
+    /// `vm.pause()`: the vCPU is at a clean point and may run on.
+    Paused,
+    /// An exit pyfastvm has no handling for (`exit_reason`).
+    Unhandled,
+}
+
+impl ExitReason {
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitReason::Halted => "halted",
+            ExitReason::Shutdown => "shutdown",
+            ExitReason::DebugExit => "debug_exit",
+            ExitReason::Reset => "reset",
+            ExitReason::Poweroff => "poweroff",
+            ExitReason::FailEntry => "fail_entry",
+            ExitReason::InternalError => "internal_error",
+            ExitReason::SystemEvent => "system_event",
+            ExitReason::Stopped => "stopped",
+            ExitReason::Paused => "paused",
+            ExitReason::Unhandled => "unhandled",
+        }
+    }
+}
+
+#[pymethods]
+impl ExitReason {
+    /// The reason as a word: "halted", "debug_exit", ...
+    #[getter]
+    fn value(&self) -> &'static str {
+        self.name()
+    }
+
+    fn __str__(&self) -> &'static str {
+        self.name()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("ExitReason.{}", self.name().to_uppercase())
+    }
+
+    /// Equal to the same reason and to its name.
+    fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
+        let py = other.py();
+        let equal = if let Ok(reason) = other.cast::<ExitReason>() {
+            *reason.get() == *self
+        } else if let Ok(text) = other.cast::<PyString>() {
+            text.to_str()? == self.name()
+        } else {
+            return Ok(py.NotImplemented());
+        };
+        match op {
+            CompareOp::Eq => Ok(equal.into_pyobject(py)?.to_owned().into_any().unbind()),
+            CompareOp::Ne => Ok((!equal).into_pyobject(py)?.to_owned().into_any().unbind()),
+            _ => Ok(py.NotImplemented()),
+        }
+    }
+
+    /// Hashes as its name, so that a reason and its name are the same key.
+    fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
+        PyString::new(py, self.name()).hash()
+    }
+}
+
+/// The reason a run ended, with the details its reason has; the other fields
+/// are None.
 #[pyclass(frozen, get_all, module = "pyfastvm")]
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Exit {
-    pub reason: &'static str,
+    pub reason: ExitReason,
     /// debug_exit: the value the guest wrote.
     pub status: Option<u64>,
     /// internal_error: KVM_INTERNAL_ERROR_* (1 is an emulation failure).
@@ -28,30 +119,37 @@ pub struct Exit {
     /// internal_error from the instruction emulator: the bytes of the
     /// instruction it could not emulate, when KVM reports them.
     pub instruction: Option<Vec<u8>>,
-    /// debug_exit, reset and poweroff: the name of the device that ended the run.
+    /// debug_exit, reset and poweroff: the id of the device that ended the run.
     pub device: Option<String>,
 }
 
 impl Exit {
-    pub fn new(reason: &'static str) -> Self {
+    pub fn new(reason: ExitReason) -> Self {
         Exit {
             reason,
-            ..Default::default()
+            status: None,
+            suberror: None,
+            data: Vec::new(),
+            event_type: None,
+            hardware_entry_failure_reason: None,
+            exit_reason: None,
+            instruction: None,
+            device: None,
         }
     }
 
-    /// The run ended because `device` asked for it.
-    pub fn stopped_by(reason: StopReason, device: String) -> Self {
+    /// The run ended because the device registered as `device` asked for it.
+    pub fn stopped_by(reason: StopReason, device: &str) -> Self {
         let exit = match reason {
             StopReason::DebugExit(status) => Exit {
                 status: Some(status),
-                ..Exit::new("debug_exit")
+                ..Exit::new(ExitReason::DebugExit)
             },
-            StopReason::Reset => Exit::new("reset"),
-            StopReason::PowerOff => Exit::new("poweroff"),
+            StopReason::Reset => Exit::new(ExitReason::Reset),
+            StopReason::PowerOff => Exit::new(ExitReason::Poweroff),
         };
         Exit {
-            device: Some(device),
+            device: Some(device.to_owned()),
             ..exit
         }
     }
@@ -61,7 +159,7 @@ impl Exit {
             suberror: Some(suberror),
             data,
             instruction,
-            ..Exit::new("internal_error")
+            ..Exit::new(ExitReason::InternalError)
         }
     }
 
@@ -96,7 +194,7 @@ impl Exit {
         if let Some(b) = &self.instruction {
             details.push(format!("instruction={b:02x?}"));
         }
-        let mut text = format!("Exit(reason={:?}", self.reason);
+        let mut text = format!("Exit(reason={:?}", self.reason.name());
         for d in details {
             text.push_str(", ");
             text.push_str(&d);

@@ -1,8 +1,10 @@
 //! pyfastvm._core: the KVM hot path of pyfastvm. Guest memory, the vCPU run
 //! loop and PIO/MMIO dispatch live here; Python composes the rest.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod assist;
-mod bus;
+mod device_manager;
 mod devices;
 mod error;
 mod exit;
@@ -11,6 +13,7 @@ mod memory;
 mod regs;
 mod vcpu;
 mod vm;
+mod worker;
 mod x86;
 
 use pyo3::prelude::*;
@@ -23,6 +26,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<vm::Vm>()?;
     m.add_class::<vcpu::Vcpu>()?;
     m.add_class::<exit::Exit>()?;
+    m.add_class::<exit::ExitReason>()?;
+    m.add_class::<device_manager::DeviceInfo>()?;
+    m.add_function(wrap_pyfunction!(memory::ram_layout, m)?)?;
     m.add_class::<memory::PyGuestMemory>()?;
     m.add_class::<regs::Regs>()?;
     m.add_class::<regs::Sregs>()?;

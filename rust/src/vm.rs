@@ -1,9 +1,10 @@
-//! A virtual machine: guest RAM registered with KVM, the PIO and MMIO buses,
-//! and its vCPUs.
+//! A virtual machine: guest RAM registered with KVM, its devices
+//! (device_manager.rs), and its vCPUs.
 
 use std::collections::BTreeMap;
-use std::os::fd::{FromRawFd, RawFd};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use kvm_bindings::{
     kvm_irq_routing_entry, kvm_msi, kvm_pit_config, kvm_userspace_memory_region, KvmIrqRouting,
@@ -16,75 +17,87 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::assist::ExitAssists;
-use crate::bus::{AddressSpace, Bus};
+use crate::device_manager::{AddressSpace, DeviceInfo, DeviceManager, Registration};
 use crate::devices::{BuiltinDevice, Device, PythonDevice};
 use crate::error::{Error, Result};
 use crate::kvm::Kvm;
-use crate::memory::{self, PyGuestMemory};
-use crate::vcpu::{Vcpu, VcpuShared};
+use crate::memory::{self, Backing, PyGuestMemory, Ram};
+use crate::vcpu::{Request, Vcpu, VcpuShared};
+use crate::worker::WorkerControl;
 
 /// Where KVM_SET_TSS_ADDR puts the three pages Intel's real-mode emulation
 /// needs: inside the MMIO hole, below the BIOS ROM, as QEMU and kvmtool do.
 const TSS_ADDRESS: usize = 0xfffb_d000;
 
-/// What the vCPU threads share: the VM fd, RAM and the buses. Field order is
-/// drop order: the VM fd is closed before the RAM it maps is unmapped.
-pub struct Machine {
+/// What the vCPU threads share: the VM fd, RAM and the devices. Field order
+/// is drop order: the VM fd is closed before the RAM it maps is unmapped.
+pub struct VmShared {
     vm_fd: VmFd,
     pub ram: Arc<GuestMemoryMmap>,
-    pio: RwLock<Bus>,
-    mmio: RwLock<Bus>,
+    pub devices: RwLock<DeviceManager>,
     pub ignore_unclaimed: bool,
     assists: OnceLock<ExitAssists>,
 }
 
-impl Machine {
+impl VmShared {
     /// The exit assists the host profile chose, once; None before that.
     pub fn assists(&self) -> Option<&ExitAssists> {
         self.assists.get()
     }
 
-    fn bus(&self, space: AddressSpace) -> &RwLock<Bus> {
-        match space {
-            AddressSpace::Pio => &self.pio,
-            AddressSpace::Mmio => &self.mmio,
-        }
+    fn devices(&self) -> RwLockReadGuard<'_, DeviceManager> {
+        self.devices.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The device claiming `address`, cloned out so no lock is held while it
-    /// runs (a Python device may add devices of its own).
-    #[inline]
-    pub fn find_device(&self, space: AddressSpace, address: u64) -> Option<(u64, Arc<dyn Device>)> {
-        let bus = self
-            .bus(space)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        bus.find(address)
-            .map(|(offset, device)| (offset, device.clone()))
+    fn devices_mut(&self) -> RwLockWriteGuard<'_, DeviceManager> {
+        self.devices.write().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Registers a device and connects its interrupt line, if it has one.
     fn add_device(
         &self,
-        space: AddressSpace,
-        base: u64,
-        length: u64,
+        py: Python<'_>,
+        placement: (AddressSpace, Option<u64>, u64),
         device: &Bound<'_, PyAny>,
-    ) -> Result<()> {
-        let device: Arc<dyn Device> = match device.cast::<BuiltinDevice>() {
+        id: Option<String>,
+        gsi: Option<u32>,
+    ) -> Result<DeviceInfo> {
+        let (space, base, length) = placement;
+        let rust_device: Arc<dyn Device> = match device.cast::<BuiltinDevice>() {
             Ok(builtin) => builtin.get().device.clone(),
             Err(_) => Arc::new(PythonDevice::new(device)?),
         };
-        if space == AddressSpace::Pio && base.saturating_add(length) > 0x1_0000 {
-            return Err(Error::BusConflict(format!(
-                "PIO range {base:#x}+{length:#x} for {} goes past port 0xffff: x86 I/O ports are 16-bit",
-                device.name()
+        let interrupt = rust_device.interrupt_fd();
+        let registered = self.devices_mut().add(Registration {
+            id,
+            space,
+            base,
+            length,
+            gsi,
+            device: rust_device,
+            handle: Some(device.clone().unbind()),
+        })?;
+        if let (Some(gsi), Some(fd)) = (gsi, interrupt) {
+            self.register_irqfd(fd, gsi)?;
+        }
+        Ok(DeviceInfo::of(py, &registered))
+    }
+
+    /// Routes signals on eventfd `fd` to interrupt line `gsi` inside KVM.
+    fn register_irqfd(&self, fd: RawFd, gsi: u32) -> Result<()> {
+        // SAFETY: dup gives us our own descriptor for the caller's open file;
+        // KVM checks that it is an eventfd.
+        let own = unsafe { libc::dup(fd) };
+        if own < 0 {
+            return Err(Error::Argument(format!(
+                "register_irqfd: fd {fd} is not open"
             )));
         }
-        let mut bus = self
-            .bus(space)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        bus.insert(base, length, device)
+        // SAFETY: `own` is a fresh descriptor that nothing else owns.
+        let eventfd = unsafe { EventFd::from_raw_fd(own) };
+        self.vm_fd
+            .register_irqfd(&eventfd, gsi)
+            .map_err(Error::kvm("KVM_IRQFD"))
     }
 }
 
@@ -102,7 +115,7 @@ fn register_ram(vm_fd: &VmFd, ram: &GuestMemoryMmap) -> Result<()> {
             userspace_addr: host as u64,
         };
         // SAFETY: the region is a live mapping of exactly `memory_size` bytes,
-        // owned by the Machine that also owns `vm_fd` and outlives it.
+        // owned by the VmShared that also owns `vm_fd` and outlives it.
         unsafe { vm_fd.set_user_memory_region(layout) }
             .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
     }
@@ -113,26 +126,47 @@ fn register_ram(vm_fd: &VmFd, ram: &GuestMemoryMmap) -> Result<()> {
 #[pyclass(frozen, module = "pyfastvm")]
 pub struct Vm {
     kvm: Py<Kvm>,
-    machine: Arc<Machine>,
+    shared: Arc<VmShared>,
     memory: Py<PyGuestMemory>,
+    /// The memfd or file behind RAM; closed after the mappings are gone.
+    memory_file: Option<File>,
     vcpus: Mutex<Vec<Arc<VcpuShared>>>,
 }
 
 #[pymethods]
 impl Vm {
+    /// `memory_from`: an open file or memfd whose contents become the guest's
+    /// RAM copy-on-write (a snapshot's memory, a template's); `shared_memory`:
+    /// RAM on a memfd (`memory_fd`) that other VMs can start from.
     #[new]
-    #[pyo3(signature = (memory_size, kvm = None, ignore_unclaimed = false))]
+    #[pyo3(signature = (
+        memory_size, kvm = None, ignore_unclaimed = false, *, memory_from = None,
+        shared_memory = false,
+    ))]
     fn py_new(
         py: Python<'_>,
         memory_size: u64,
         kvm: Option<Py<Kvm>>,
         ignore_unclaimed: bool,
+        memory_from: Option<RawFd>,
+        shared_memory: bool,
     ) -> Result<Self> {
         let kvm = match kvm {
             Some(kvm) => kvm,
             None => Py::new(py, Kvm::open("/dev/kvm")?)?,
         };
-        let ram = Arc::new(memory::allocate(memory_size)?);
+        let backing =
+            match (memory_from, shared_memory) {
+                (Some(fd), false) => Backing::CopyOnWrite(memory::dup_file(fd)?),
+                (None, true) => Backing::Memfd,
+                (None, false) => Backing::Anonymous,
+                (Some(_), true) => return Err(Error::Argument(
+                    "memory_from maps a file privately; shared_memory needs fresh RAM: give one"
+                        .into(),
+                )),
+            };
+        let Ram { memory: ram, file } = memory::allocate(memory_size, backing)?;
+        let ram = Arc::new(ram);
         let vm_fd = kvm
             .get()
             .kvm
@@ -143,20 +177,27 @@ impl Vm {
             .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
         register_ram(&vm_fd, &ram)?;
         let memory = Py::new(py, PyGuestMemory { ram: ram.clone() })?;
-        let machine = Arc::new(Machine {
+        let shared = Arc::new(VmShared {
             vm_fd,
             ram,
-            pio: RwLock::new(Bus::new(AddressSpace::Pio)),
-            mmio: RwLock::new(Bus::new(AddressSpace::Mmio)),
+            devices: RwLock::new(DeviceManager::new()),
             ignore_unclaimed,
             assists: OnceLock::new(),
         });
         Ok(Vm {
             kvm,
-            machine,
+            shared,
             memory,
+            memory_file: file,
             vcpus: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The memfd or file behind guest RAM, if it has one: for a VM created
+    /// with `shared_memory`, what other VMs start from (`memory_from`).
+    #[getter]
+    fn memory_fd(&self) -> Option<RawFd> {
+        self.memory_file.as_ref().map(|f| f.as_raw_fd())
     }
 
     /// The /dev/kvm handle this VM was created from.
@@ -173,24 +214,62 @@ impl Vm {
 
     #[getter]
     fn memory_size(&self) -> u64 {
-        self.machine.ram.iter().map(|r| r.len()).sum()
+        self.shared.ram.iter().map(|r| r.len()).sum()
     }
 
     #[getter]
     fn ignore_unclaimed(&self) -> bool {
-        self.machine.ignore_unclaimed
+        self.shared.ignore_unclaimed
     }
 
-    /// Puts `device` on I/O ports `[base, base + length)`.
-    fn add_pio_device(&self, base: u64, length: u64, device: &Bound<'_, PyAny>) -> Result<()> {
-        self.machine
-            .add_device(AddressSpace::Pio, base, length, device)
+    /// Puts `device` on I/O ports `[base, base + length)` under `id` (by
+    /// default its kind's name), with interrupt line `gsi` if it has one: a
+    /// device's interrupt eventfd (a built-in's, or a Python device's
+    /// `irq_fd`) is then connected to it.
+    #[pyo3(signature = (base, length, device, *, id = None, gsi = None))]
+    fn add_pio_device(
+        &self,
+        py: Python<'_>,
+        base: u64,
+        length: u64,
+        device: &Bound<'_, PyAny>,
+        id: Option<String>,
+        gsi: Option<u32>,
+    ) -> Result<DeviceInfo> {
+        let placement = (AddressSpace::Pio, Some(base), length);
+        self.shared.add_device(py, placement, device, id, gsi)
     }
 
-    /// Puts `device` on guest-physical addresses `[base, base + length)`.
-    fn add_mmio_device(&self, base: u64, length: u64, device: &Bound<'_, PyAny>) -> Result<()> {
-        self.machine
-            .add_device(AddressSpace::Mmio, base, length, device)
+    /// Puts `device` on guest-physical addresses `[base, base + length)`, or
+    /// with `base` None in a free window of the MMIO hole; as add_pio_device.
+    #[pyo3(signature = (base, length, device, *, id = None, gsi = None))]
+    fn add_mmio_device(
+        &self,
+        py: Python<'_>,
+        base: Option<u64>,
+        length: u64,
+        device: &Bound<'_, PyAny>,
+        id: Option<String>,
+        gsi: Option<u32>,
+    ) -> Result<DeviceInfo> {
+        let placement = (AddressSpace::Mmio, base, length);
+        self.shared.add_device(py, placement, device, id, gsi)
+    }
+
+    /// A free interrupt line (GSI) for a device to be added.
+    fn allocate_gsi(&self) -> Result<u32> {
+        self.shared.devices_mut().allocate_gsi()
+    }
+
+    /// Every device, in the order they were added.
+    #[getter]
+    fn devices(&self, py: Python<'_>) -> Vec<DeviceInfo> {
+        let manager = self.shared.devices();
+        manager
+            .devices()
+            .iter()
+            .map(|d| DeviceInfo::of(py, d))
+            .collect()
     }
 
     /// Lets the VMM complete, on the vCPU threads, the guest work this host's
@@ -205,21 +284,21 @@ impl Vm {
                 missing: "KVM_CAP_SYNC_REGS (the exit assists read registers through it)".into(),
             });
         }
-        if self.machine.assists.get().is_some() {
+        if self.shared.assists.get().is_some() {
             return Err(Error::Argument(
                 "this VM's exit assists are already chosen: they are set once, before it runs"
                     .into(),
             ));
         }
-        assists.install(&self.machine.vm_fd)?;
-        let _ = self.machine.assists.set(assists);
+        assists.install(&self.shared.vm_fd)?;
+        let _ = self.shared.assists.set(assists);
         Ok(())
     }
 
     /// The names of the exit assists this VM uses, in the order they are asked.
     #[getter]
     fn exit_assists(&self) -> Vec<&'static str> {
-        self.machine
+        self.shared
             .assists()
             .map(ExitAssists::names)
             .unwrap_or_default()
@@ -227,7 +306,7 @@ impl Vm {
 
     /// How often the exit assists did each kind of work, over all vCPUs.
     fn exit_assist_counts(&self) -> BTreeMap<&'static str, u64> {
-        self.machine
+        self.shared
             .assists()
             .map(ExitAssists::counts)
             .unwrap_or_default()
@@ -236,7 +315,7 @@ impl Vm {
     /// Creates the in-kernel PIC, IOAPIC and local APICs (KVM_CREATE_IRQCHIP);
     /// before any vCPU is created.
     fn create_irqchip(&self) -> Result<()> {
-        self.machine
+        self.shared
             .vm_fd
             .create_irq_chip()
             .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))
@@ -248,7 +327,7 @@ impl Vm {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        self.machine
+        self.shared
             .vm_fd
             .create_pit2(config)
             .map_err(Error::kvm("KVM_CREATE_PIT2"))
@@ -257,20 +336,7 @@ impl Vm {
     /// Routes signals on eventfd `fd` to interrupt line `gsi` inside KVM (KVM_IRQFD),
     /// so a device raises its interrupt without an exit.
     fn register_irqfd(&self, fd: RawFd, gsi: u32) -> Result<()> {
-        // SAFETY: dup gives us our own descriptor for the caller's open file;
-        // KVM checks that it is an eventfd.
-        let own = unsafe { libc::dup(fd) };
-        if own < 0 {
-            return Err(Error::Argument(format!(
-                "register_irqfd: fd {fd} is not open"
-            )));
-        }
-        // SAFETY: `own` is a fresh descriptor that nothing else owns.
-        let eventfd = unsafe { EventFd::from_raw_fd(own) };
-        self.machine
-            .vm_fd
-            .register_irqfd(&eventfd, gsi)
-            .map_err(Error::kvm("KVM_IRQFD"))
+        self.shared.register_irqfd(fd, gsi)
     }
 
     /// Replaces KVM's interrupt routing (KVM_SET_GSI_ROUTING): each route
@@ -283,7 +349,7 @@ impl Vm {
             .collect::<Result<Vec<_>>>()?;
         let routing = KvmIrqRouting::from_entries(&entries)
             .map_err(|e| Error::Argument(format!("set_gsi_routing: {e:?}")))?;
-        self.machine
+        self.shared
             .vm_fd
             .set_gsi_routing(&routing)
             .map_err(Error::kvm("KVM_SET_GSI_ROUTING"))
@@ -301,7 +367,7 @@ impl Vm {
             ..Default::default()
         };
         let delivered = self
-            .machine
+            .shared
             .vm_fd
             .signal_msi(msi)
             .map_err(Error::kvm("KVM_SIGNAL_MSI"))?;
@@ -310,7 +376,7 @@ impl Vm {
 
     /// Raises (`active`) or lowers interrupt line `irq` (KVM_IRQ_LINE).
     fn set_irq_line(&self, irq: u32, active: bool) -> Result<()> {
-        self.machine
+        self.shared
             .vm_fd
             .set_irq_line(irq, active)
             .map_err(Error::kvm("KVM_IRQ_LINE"))
@@ -325,25 +391,58 @@ impl Vm {
             )));
         }
         let fd = self
-            .machine
+            .shared
             .vm_fd
             .create_vcpu(index.into())
             .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
-        let shared = Arc::new(VcpuShared::new(index, fd, self.machine.clone()));
+        let shared = Arc::new(VcpuShared::new(index, fd, self.shared.clone()));
         vcpus.push(shared.clone());
         Ok(Vcpu { shared })
     }
 
-    /// Stops every vCPU of this VM (each `run()` returns reason "stop").
+    /// Stops every vCPU of this VM (each `run()` returns reason "stopped")
+    /// and every device worker thread.
     fn stop(&self) {
-        let vcpus = self.vcpus.lock().unwrap_or_else(PoisonError::into_inner);
-        for vcpu in vcpus.iter() {
-            vcpu.request_stop();
-        }
+        self.request_all(Request::Stop);
+        self.shared
+            .devices()
+            .workers()
+            .for_each(WorkerControl::stop);
+    }
+
+    /// Pauses every vCPU of this VM at a clean point (each `run()` returns
+    /// reason "paused") and parks every device worker thread; `resume()` and
+    /// running the vCPUs again go on.
+    fn pause(&self, py: Python<'_>) {
+        self.request_all(Request::Pause);
+        py.detach(|| {
+            self.shared
+                .devices()
+                .workers()
+                .for_each(WorkerControl::pause)
+        });
+    }
+
+    /// Lets the device worker threads go on after `pause()`; the vCPUs go on
+    /// when they are run again.
+    fn resume(&self) {
+        self.shared
+            .devices()
+            .workers()
+            .for_each(WorkerControl::resume);
     }
 
     fn __repr__(&self) -> String {
         format!("Vm(memory_size={})", self.memory_size())
+    }
+}
+
+impl Vm {
+    fn request_all(&self, request: Request) {
+        let vcpus = self.vcpus.lock().unwrap_or_else(PoisonError::into_inner);
+        for vcpu in vcpus.iter() {
+            vcpu.request(request);
+        }
     }
 }
 

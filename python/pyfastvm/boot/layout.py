@@ -4,10 +4,10 @@ All guest-physical addresses that the boot code (and the VMM core's long-mode
 setup) uses are defined here, so their order can be checked at a glance::
 
     0x0000_0000  real-mode IVT and BIOS data area (left zero)
-    0x0000_0500  boot GDT                            (VMM core, long_mode.py)
+    0x0000_0500  boot GDT                            (VMM core, x86/long_mode.py)
     0x0000_6000  PVH hvm_start_info, modlist, memmap
     0x0000_7000  zero page, struct boot_params
-    0x0000_9000  PML4, PDPT, 4 page directories      (VMM core, long_mode.py)
+    0x0000_9000  PML4, PDPT, 4 page directories      (VMM core, x86/long_mode.py)
     0x0002_0000  kernel command line
     0x0009_fc00  EBDA                    (e820 reserved)
     0x000a_0000  legacy VGA and ROM hole (not RAM in e820)
@@ -69,15 +69,12 @@ MMIO_HOLE_END = _core.MMIO_HOLE_END
 
 def low_ram_end(memory_size: int) -> int:
     """End of the RAM range that starts at guest-physical 0."""
-    return min(memory_size, MMIO_HOLE_START)
+    return ram_ranges(memory_size)[0][1]
 
 
 def ram_ranges(memory_size: int) -> tuple[tuple[int, int], ...]:
     """The [start, end) ranges of guest RAM, as the VMM core maps them."""
-    low = (0, low_ram_end(memory_size))
-    if memory_size <= MMIO_HOLE_START:
-        return (low,)
-    return (low, (MMIO_HOLE_END, MMIO_HOLE_END + memory_size - MMIO_HOLE_START))
+    return tuple((start, start + length) for start, length in _core.ram_layout(memory_size))
 
 
 def align_up(value: int, alignment: int) -> int:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from .._core import Sregs, Vcpu, Vm
 from ..boot.layout import BOOT_GDT_ADDR, PD_ADDR
-from ..boot.long_mode import KERNEL_CODE_SELECTOR, PAGE_USER, enter_long_mode
+from ..x86.long_mode import KERNEL_CODE_SELECTOR, PAGE_USER, enter_long_mode
 
 DEBUG_EXIT_PORT = 0xF4
 USER_CODE, USER_STACK = 0x10000, 0x70000

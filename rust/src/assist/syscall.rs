@@ -251,3 +251,171 @@ fn flat_segment(selector: u16, type_: u8) -> kvm_segment {
         padding: 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use kvm_bindings::{kvm_fpu, kvm_sync_regs, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
+    use vm_memory::GuestMemoryMmap;
+
+    use super::*;
+    use crate::assist::VcpuIoctls;
+    use crate::memory::allocate;
+
+    const PML4: u64 = 0x1000;
+    const PDPT: u64 = 0x2000;
+    const PD: u64 = 0x3000;
+    const IDT: u64 = 0x4000;
+    const STACK: u64 = 0x8000;
+    const HANDLER: u64 = 0x20_0200;
+    const ENTRY: u64 = 0x20_0100;
+    const USER_RSP: u64 = 0x7_0000;
+    const STAR: u64 = 0x0018_0010 << 32;
+
+    /// MSRs kept in a map: the rare ioctls an assist makes, without KVM.
+    #[derive(Default)]
+    struct Msrs(HashMap<u32, u64>);
+
+    impl VcpuIoctls for Msrs {
+        fn get_msr(&mut self, index: u32) -> Result<u64> {
+            Ok(self.0.get(&index).copied().unwrap_or(0))
+        }
+
+        fn set_msr(&mut self, index: u32, value: u64) -> Result<()> {
+            self.0.insert(index, value);
+            Ok(())
+        }
+
+        fn get_fpu(&mut self) -> Result<kvm_fpu> {
+            unreachable!("the SYSCALL assist never needs the FPU")
+        }
+
+        fn set_fpu(&mut self, _fpu: &kvm_fpu) -> Result<()> {
+            unreachable!("the SYSCALL assist never needs the FPU")
+        }
+    }
+
+    fn write(memory: &GuestMemoryMmap, gpa: u64, value: u64) {
+        memory.write_obj(value, GuestAddress(gpa)).unwrap();
+    }
+
+    /// A long-mode guest whose first 16 MiB are identity-mapped with 2 MiB
+    /// pages, with its #PF gate to HANDLER and INT3 padding before ENTRY.
+    fn guest(padding: u8) -> (GuestMemoryMmap, kvm_sync_regs) {
+        let memory = allocate(16 << 20, crate::memory::Backing::Anonymous)
+            .unwrap()
+            .memory;
+        write(&memory, PML4, PDPT | 3);
+        write(&memory, PDPT, PD | 3);
+        for page in 0..8 {
+            write(&memory, PD + page * 8, page << 21 | 0x83);
+        }
+        let gate = Gate::from_bytes([0, 0, 0x10, 0, 0, 0x8e, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let gate = gate.with_offset(HANDLER).to_bytes();
+        memory
+            .write_slice(&gate, GuestAddress(IDT + PAGE_FAULT_VECTOR * GATE_SIZE))
+            .unwrap();
+        memory
+            .write_slice(&[padding; 16], GuestAddress(ENTRY - 16))
+            .unwrap();
+        let mut state = kvm_sync_regs::default();
+        state.sregs.cr0 = 1 << 31 | 1;
+        state.sregs.cr3 = PML4;
+        state.sregs.efer = 1 << 10 | 1 << 8;
+        state.sregs.idt.base = IDT;
+        state.sregs.idt.limit = 32 * 16 - 1;
+        (memory, state)
+    }
+
+    /// Installs the hook as the guest's IA32_LSTAR write would.
+    fn hooked(padding: u8) -> Result<(SyscallAssist, GuestMemoryMmap, kvm_sync_regs)> {
+        let (memory, mut state) = guest(padding);
+        let assist = SyscallAssist::default();
+        let mut msrs = Msrs(HashMap::from([(MSR_STAR, STAR)]));
+        let mut cpu = AssistCpu::new(&mut state, &memory, &mut msrs);
+        assert!(assist.msr_write(&mut cpu, MSR_LSTAR, ENTRY)?);
+        assert_eq!(msrs.0.get(&MSR_LSTAR), Some(&ENTRY));
+        Ok((assist, memory, state))
+    }
+
+    /// The vCPU at the hook, with `frame` pushed by the #PF delivery.
+    fn at_hook(memory: &GuestMemoryMmap, state: &mut kvm_sync_regs, frame: [u64; 6]) {
+        for (i, word) in frame.iter().enumerate() {
+            write(memory, STACK + 8 * i as u64, *word);
+        }
+        state.regs.rip = ENTRY - 1;
+        state.regs.rsp = STACK;
+    }
+
+    fn gate_offset(memory: &GuestMemoryMmap) -> u64 {
+        let mut raw = [0u8; 16];
+        let at = IDT + PAGE_FAULT_VECTOR * GATE_SIZE;
+        memory.read_slice(&mut raw, GuestAddress(at)).unwrap();
+        Gate::from_bytes(raw).offset()
+    }
+
+    #[test]
+    fn the_lstar_write_points_the_page_fault_gate_at_the_padding() {
+        let (_, memory, _) = hooked(INT3).unwrap();
+        assert_eq!(gate_offset(&memory), ENTRY - 1);
+    }
+
+    #[test]
+    fn a_syscall_frame_completes_the_syscall_at_cpl0() {
+        let (assist, memory, mut state) = hooked(INT3).unwrap();
+        let (user_cs, user_ss, flags_after_mask) = (0x2b, 0x23, 0x2);
+        at_hook(
+            &memory,
+            &mut state,
+            [0x15, ENTRY, user_cs, flags_after_mask, USER_RSP, user_ss],
+        );
+        let mut msrs = Msrs::default();
+        let mut cpu = AssistCpu::new(&mut state, &memory, &mut msrs);
+        assert!(assist.emulation_failure(&mut cpu, &[INT3]).unwrap());
+        assert_eq!(
+            cpu.changed(),
+            u64::from(KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS)
+        );
+        let (regs, sregs) = (cpu.regs(), cpu.sregs());
+        assert_eq!((regs.rip, regs.rsp, regs.rflags), (ENTRY, USER_RSP, 0x2));
+        assert_eq!((sregs.cs.selector, sregs.cs.dpl, sregs.cs.l), (0x10, 0, 1));
+        assert_eq!((sregs.ss.selector, sregs.ss.dpl, sregs.ss.db), (0x18, 0, 1));
+        assert_eq!(assist.counts(), [("syscall", 1), ("page_fault", 0)]);
+    }
+
+    #[test]
+    fn any_other_page_fault_goes_on_to_the_kernels_handler() {
+        let (assist, memory, mut state) = hooked(INT3).unwrap();
+        // A user-mode read of a missing page: user mode runs with IF set.
+        at_hook(
+            &memory,
+            &mut state,
+            [0x4, 0x40_1000, 0x2b, 0x202, USER_RSP, 0x23],
+        );
+        let sregs_before = state.sregs;
+        let mut msrs = Msrs::default();
+        let mut cpu = AssistCpu::new(&mut state, &memory, &mut msrs);
+        assert!(assist.emulation_failure(&mut cpu, &[INT3]).unwrap());
+        assert_eq!(cpu.changed(), u64::from(KVM_SYNC_X86_REGS));
+        assert_eq!((cpu.regs().rip, cpu.regs().rsp), (HANDLER, STACK));
+        assert_eq!(cpu.sregs().cs.selector, sregs_before.cs.selector);
+        assert_eq!(assist.counts(), [("syscall", 0), ("page_fault", 1)]);
+    }
+
+    #[test]
+    fn an_int3_elsewhere_is_not_the_hooks() {
+        let (assist, memory, mut state) = hooked(INT3).unwrap();
+        state.regs.rip = 0x30_0000;
+        let mut msrs = Msrs::default();
+        let mut cpu = AssistCpu::new(&mut state, &memory, &mut msrs);
+        assert!(!assist.emulation_failure(&mut cpu, &[INT3]).unwrap());
+        assert_eq!(cpu.changed(), 0);
+    }
+
+    #[test]
+    fn an_entry_without_int3_padding_is_a_host_limitation() {
+        let nop = 0x90;
+        assert!(matches!(hooked(nop), Err(Error::HostLimitation(_))));
+    }
+}

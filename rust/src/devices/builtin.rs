@@ -12,7 +12,7 @@ use crate::error::Result;
 pub struct Sink;
 
 impl Device for Sink {
-    fn name(&self) -> String {
+    fn kind(&self) -> String {
         "Sink".into()
     }
 
@@ -30,7 +30,7 @@ impl Device for Sink {
 pub struct DebugExit;
 
 impl Device for DebugExit {
-    fn name(&self) -> String {
+    fn kind(&self) -> String {
         "DebugExit".into()
     }
 
@@ -71,7 +71,7 @@ impl BuiltinDevice {
     }
 
     fn __repr__(&self) -> String {
-        format!("{}()", self.device.name())
+        format!("{}()", self.device.kind())
     }
 }
 

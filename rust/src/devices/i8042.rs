@@ -30,7 +30,7 @@ pub struct I8042 {
 }
 
 impl Device for I8042 {
-    fn name(&self) -> String {
+    fn kind(&self) -> String {
         "I8042".into()
     }
 

@@ -8,12 +8,15 @@ mod power_control;
 mod python;
 mod serial;
 
-#[cfg(test)]
-pub use builtin::Sink;
 pub use builtin::{register as register_builtins, BuiltinDevice};
+#[cfg(test)]
+pub use builtin::{DebugExit, Sink};
 pub use python::PythonDevice;
 
+use std::os::fd::RawFd;
+
 use crate::error::Result;
+use crate::worker::WorkerControl;
 
 /// What the vCPU loop does after a device handled an access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +41,20 @@ pub enum StopReason {
 /// A device on a bus. `offset` is relative to the base of its range; `data`
 /// holds one access of 1, 2, 4 or 8 bytes, little-endian.
 pub trait Device: Send + Sync {
-    fn name(&self) -> String;
+    /// The type of device, as ids and errors name it.
+    fn kind(&self) -> String;
+
+    /// The eventfd the device signals its interrupt on, which the VM connects
+    /// to the device's GSI (KVM_IRQFD); None for a device without one.
+    fn interrupt_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    /// The control of the device's worker thread, if it works on one: the VM
+    /// pauses, resumes and stops it with its vCPUs.
+    fn worker(&self) -> Option<&WorkerControl> {
+        None
+    }
     fn read(&self, offset: u64, data: &mut [u8]) -> Result<IoAction>;
     fn write(&self, offset: u64, data: &[u8]) -> Result<IoAction>;
 }

@@ -29,7 +29,7 @@ impl PmTimer {
 }
 
 impl Device for PmTimer {
-    fn name(&self) -> String {
+    fn kind(&self) -> String {
         "PmTimer".into()
     }
 

@@ -29,7 +29,7 @@ const RESET_VALUE: u8 = 0x01;
 pub struct PowerControl;
 
 impl Device for PowerControl {
-    fn name(&self) -> String {
+    fn kind(&self) -> String {
         "PowerControl".into()
     }
 

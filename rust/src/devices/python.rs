@@ -1,6 +1,8 @@
 //! A device written in Python: any object with `read(offset, size) -> bytes`
 //! and `write(offset, data) -> None`.
 
+use std::os::fd::RawFd;
+
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyBytesMethods};
 
@@ -11,6 +13,8 @@ pub struct PythonDevice {
     name: String,
     read: Py<PyAny>,
     write: Py<PyAny>,
+    /// Its `irq_fd` attribute: an eventfd it signals its interrupt on.
+    irq_fd: Option<RawFd>,
 }
 
 impl PythonDevice {
@@ -27,17 +31,26 @@ impl PythonDevice {
                 ))),
             }
         };
+        let irq_fd = match object.getattr("irq_fd") {
+            Ok(fd) => Some(fd.extract::<RawFd>()?),
+            Err(_) => None,
+        };
         Ok(PythonDevice {
             read: method("read")?,
             write: method("write")?,
+            irq_fd,
             name,
         })
     }
 }
 
 impl Device for PythonDevice {
-    fn name(&self) -> String {
+    fn kind(&self) -> String {
         self.name.clone()
+    }
+
+    fn interrupt_fd(&self) -> Option<RawFd> {
+        self.irq_fd
     }
 
     fn read(&self, offset: u64, data: &mut [u8]) -> Result<IoAction> {

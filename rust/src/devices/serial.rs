@@ -99,8 +99,12 @@ impl SerialDevice {
 }
 
 impl Device for SerialDevice {
-    fn name(&self) -> String {
+    fn kind(&self) -> String {
         "Serial".into()
+    }
+
+    fn interrupt_fd(&self) -> Option<RawFd> {
+        Some(self.irq_fd)
     }
 
     fn read(&self, offset: u64, data: &mut [u8]) -> Result<IoAction> {

@@ -6,7 +6,7 @@ mod run_area;
 mod run_loop;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use kvm_bindings::{kvm_msr_entry, Msrs};
@@ -20,43 +20,61 @@ use run_area::RunArea;
 use crate::error::{Error, Result};
 use crate::exit::Exit;
 use crate::regs::{CpuidEntry, Fpu, Regs, Sregs};
-use crate::vm::Machine;
+use crate::vm::VmShared;
+
+/// What another thread asked of a running vCPU; a stop outranks a pause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Request {
+    Pause = 1,
+    Stop = 2,
+}
 
 /// The state of one vCPU shared by its Python handle and its VM.
 pub struct VcpuShared {
     pub index: u32,
     fd: Mutex<VcpuFd>,
     run_area: RunArea,
-    stop_requested: AtomicBool,
+    /// A pending `Request`, or 0.
+    request: AtomicU8,
     /// The thread inside `run()`, to signal it; None when not running.
     thread: Mutex<Option<libc::pthread_t>>,
-    machine: Arc<Machine>,
+    vm: Arc<VmShared>,
 }
 
 impl VcpuShared {
-    pub fn new(index: u32, mut fd: VcpuFd, machine: Arc<Machine>) -> Self {
+    pub fn new(index: u32, mut fd: VcpuFd, vm: Arc<VmShared>) -> Self {
         let run_area = RunArea(fd.get_kvm_run());
         VcpuShared {
             index,
             fd: Mutex::new(fd),
             run_area,
-            stop_requested: AtomicBool::new(false),
+            request: AtomicU8::new(0),
             thread: Mutex::new(None),
-            machine,
+            vm,
         }
     }
 
     /// Asks the vCPU to leave KVM_RUN: `immediate_exit` covers a thread about
-    /// to enter, the signal one already inside. A stop requested while the
-    /// vCPU is idle ends its next `run()` at once.
-    pub fn request_stop(&self) {
-        self.stop_requested.store(true, Ordering::SeqCst);
+    /// to enter, the signal one already inside. `run()` then returns with
+    /// reason "stopped" or "paused"; a request made while the vCPU is idle
+    /// ends its next `run()` at once.
+    pub fn request(&self, request: Request) {
+        self.request.fetch_max(request as u8, Ordering::SeqCst);
         self.run_area.immediate_exit().store(1, Ordering::SeqCst);
         let thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(thread) = *thread {
             // SAFETY: `thread` is registered only while it is inside `run()`
             // and unregistered under this lock before it leaves, so it is alive.
             unsafe { libc::pthread_kill(thread, kick_signal()) };
+        }
+    }
+
+    fn take_request(&self) -> Option<Request> {
+        match self.request.swap(0, Ordering::SeqCst) {
+            1 => Some(Request::Pause),
+            2 => Some(Request::Stop),
+            _ => None,
         }
     }
 
@@ -104,10 +122,31 @@ impl Vcpu {
         })
     }
 
-    /// Makes a `run()` on another thread return with reason "stop" (or the
-    /// next `run()`, if none is in progress).
+    /// Makes a `run()` on another thread return with reason "stopped" (or
+    /// the next `run()`, if none is in progress).
     fn stop(&self) {
-        self.shared.request_stop();
+        self.shared.request(Request::Stop);
+    }
+
+    /// Makes a `run()` on another thread return with reason "paused" once any
+    /// I/O of its last exit is complete: a clean point to save it or to run
+    /// it on from.
+    fn pause(&self) {
+        self.shared.request(Request::Pause);
+    }
+
+    /// Tells the guest's kvmclock that the vCPU was paused (KVM_KVMCLOCK_CTRL),
+    /// so its watchdogs do not take the gap for a lockup; False when the
+    /// guest has no kvmclock to tell.
+    fn kvmclock_ctrl(&self) -> Result<bool> {
+        self.shared.with_fd(|fd| match fd.kvmclock_ctrl() {
+            Ok(()) => Ok(true),
+            Err(e) if e.errno() == libc::EINVAL => Ok(false),
+            Err(source) => Err(Error::Kvm {
+                op: "KVM_KVMCLOCK_CTRL",
+                source,
+            }),
+        })
     }
 
     fn get_regs(&self) -> Result<Regs> {

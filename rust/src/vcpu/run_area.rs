@@ -7,6 +7,7 @@ use kvm_bindings::{
     kvm_run, KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
 };
 
+use super::run_loop::ExitDetails;
 use crate::exit::Exit;
 
 pub struct RunArea(pub *mut kvm_run);
@@ -24,21 +25,21 @@ impl RunArea {
         // our accesses to it go through this atomic, and KVM only reads it.
         unsafe { AtomicU8::from_ptr(addr_of_mut!((*self.0).immediate_exit)) }
     }
+}
 
-    /// The access size of the current KVM_EXIT_IO (1, 2 or 4).
-    pub fn io_size(&self) -> usize {
+impl ExitDetails for RunArea {
+    fn io_size(&self) -> usize {
         // SAFETY: read right after KVM_RUN returned KVM_EXIT_IO, when the
         // kernel has filled the `io` member of the union.
         usize::from(unsafe { (*self.0).__bindgen_anon_1.io.size }).max(1)
     }
 
-    pub fn exit_reason(&self) -> u32 {
+    fn exit_reason(&self) -> u32 {
         // SAFETY: a plain u32 the kernel sets on every exit.
         unsafe { (*self.0).exit_reason }
     }
 
-    /// Details of the current KVM_EXIT_INTERNAL_ERROR.
-    pub fn internal_error(&self) -> Exit {
+    fn internal_error(&self) -> Exit {
         // SAFETY: read right after KVM_RUN returned KVM_EXIT_INTERNAL_ERROR,
         // when the kernel has filled the `internal` member of the union.
         let internal = unsafe { (*self.0).__bindgen_anon_1.internal };

@@ -105,7 +105,9 @@ mod tests {
     /// Maps 0xffff_8000_0040_1000 with a 4 KiB page, 0xffff_8000_0060_0000
     /// with a 2 MiB page and 0xffff_8000_4000_0000 with a 1 GiB page.
     fn tables() -> (GuestMemoryMmap, Paging) {
-        let memory = allocate(16 << 20).unwrap();
+        let memory = allocate(16 << 20, crate::memory::Backing::Anonymous)
+            .unwrap()
+            .memory;
         write(&memory, PML4 + 256 * 8, PDPT | FLAGS);
         write(&memory, PDPT, PD | FLAGS);
         write(&memory, PDPT + 8, FLAGS | LARGE_PAGE); // GiB 1 -> 0 (only the low MiBs exist)

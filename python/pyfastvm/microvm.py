@@ -12,8 +12,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import IO
 
-from ._core import EmulationFailureError, Exit, Vcpu, VmmError
-from .boot_steps import MachineContext, default_init_chain
+from ._core import EmulationFailureError, Exit, ExitReason, Vcpu, VmmError
+from .builder import BuildContext, default_init_chain
 from .config import VMConfig
 from .errors import GuestTimeoutError, VcpuExitError
 from .guest.console_protocol import INIT_MILESTONE, PANIC_TEXT
@@ -24,16 +24,16 @@ ConsoleSink = Callable[[bytes], object] | IO[bytes] | IO[str] | None
 # How often the console pump looks at its stop flag while the guest is silent.
 CONSOLE_POLL_SECONDS = 0.1
 
-# Exits that end the machine, by the reason MicroVM reports.
-MACHINE_ENDING = {
-    "reset": "reset",  # the ACPI reset register or the i8042 reset line
-    "poweroff": "poweroff",  # ACPI S5
-    "shutdown": "shutdown",  # a triple fault
-    "hlt": "halted",  # only without an in-kernel irqchip
-    "system_event": "system_event",
-    "debug_exit": "debug_exit",
-    "stop": "stopped",
-}
+# Exits that end the machine; MicroVM.stop_reason is the exit's reason.
+MACHINE_ENDING = frozenset({
+    ExitReason.RESET,  # the ACPI reset register or the i8042 reset line
+    ExitReason.POWEROFF,  # ACPI S5
+    ExitReason.SHUTDOWN,  # a triple fault
+    ExitReason.HALTED,  # only without an in-kernel irqchip
+    ExitReason.SYSTEM_EVENT,
+    ExitReason.DEBUG_EXIT,
+    ExitReason.STOPPED,
+})  # fmt: skip
 KVM_INTERNAL_ERROR_EMULATION = 1
 
 
@@ -60,7 +60,8 @@ class MicroVM:
     The guest's serial console accumulates in ``console``; it is also passed
     to ``console=`` (a callable taking bytes, or a file) as it arrives.
     Leaving the block, ``close()``, or an error stops the vCPUs, joins every
-    thread and releases the VM.
+    thread and releases the VM. ``pause()`` parks every vCPU at a clean point
+    and ``resume()`` lets them go on.
     """
 
     def __init__(
@@ -68,19 +69,22 @@ class MicroVM:
         config: VMConfig,
         *,
         console: ConsoleSink = None,
-        init_chain: InitChain[MachineContext] | None = None,
+        init_chain: InitChain[BuildContext] | None = None,
         initrd_overlay: bytes = b"",
     ) -> None:
         self.config = config
         self.chain = init_chain if init_chain is not None else default_init_chain()
-        self.context = MachineContext(config, initrd_overlay=initrd_overlay)
+        self.context = BuildContext(config, initrd_overlay=initrd_overlay)
         self._console_writer = console_writer(console)
         self._console = bytearray()
         self._changed = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self._pause_wanted = False
+        self._parked = 0
+        # An ExitReason's word ("poweroff", "reset", ...), "timeout" or "error".
         self.stop_reason: str | None = None
-        # The device that ended the guest ("PowerControl", "I8042", ...), if one did.
+        # The id of the device that ended the guest ("power-control", ...), if one did.
         self.stopped_by: str | None = None
         self.error: BaseException | None = None
         self.started_at: float | None = None
@@ -107,10 +111,43 @@ class MicroVM:
         with self._changed:
             if self.stop_reason is None:
                 self.stop_reason, self.stopped_by = reason, device
+            self._stopping.set()
             self._changed.notify_all()
-        self._stopping.set()
-        if self.context.vm is not None:
-            self.context.vm.stop()
+        if self.context.created_vm is not None:
+            self.context.created_vm.stop()
+
+    @property
+    def paused(self) -> bool:
+        with self._changed:
+            return self._pause_wanted
+
+    def pause(self) -> None:
+        """Parks every vCPU at a clean point (any I/O of its last exit done)
+        and every device worker; returns once they all are. The guest's
+        memory and state then hold still until `resume()`."""
+        with self._changed:
+            if self.stop_reason is not None or not self._threads:
+                raise VmmError(f"the guest is not running (stopped: {self.stop_reason})")
+            self._pause_wanted = True
+        self.context.vm.pause()
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self._parked == len(self.context.vcpus) or self.stop_reason is not None
+            )
+
+    def resume(self) -> None:
+        """Lets the paused vCPUs and device workers go on, telling each
+        vCPU's kvmclock that it was paused (KVM_KVMCLOCK_CTRL), so the
+        guest's watchdogs do not take the gap for a lockup. Does nothing
+        when the guest is not paused."""
+        if not self.paused or self.stop_reason is not None:
+            return
+        for vcpu in self.context.vcpus:
+            vcpu.kvmclock_ctrl()
+        self.context.vm.resume()
+        with self._changed:
+            self._pause_wanted = False
+            self._changed.notify_all()
 
     def close(self) -> None:
         """Stops the guest, joins its threads and releases the VM (idempotent)."""
@@ -134,9 +171,14 @@ class MicroVM:
     # -- the guest's threads --------------------------------------------------
 
     def _run_vcpu(self, vcpu: Vcpu) -> None:
-        """One vCPU's thread. The first vCPU to end the machine stops them all."""
+        """One vCPU's thread: it runs until the machine ends (the first vCPU to
+        end it stops them all), parked while the machine is paused."""
         try:
             exit = vcpu.run()
+            while exit.reason == ExitReason.PAUSED:
+                if not self._park():
+                    return  # stopped while paused: the stopper gave the reason
+                exit = vcpu.run()
             reason = ending_reason(vcpu, exit)
         except BaseException as error:  # reported by wait(), never lost
             with self._changed:
@@ -144,6 +186,15 @@ class MicroVM:
             self.stop("error")
             return
         self.stop(reason, device=exit.device)
+
+    def _park(self) -> bool:
+        """Waits while the machine is paused; False if it stops meanwhile."""
+        with self._changed:
+            self._parked += 1
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: not self._pause_wanted or self._stopping.is_set())
+            self._parked -= 1
+            return not self._stopping.is_set()
 
     def _pump_console(self) -> None:
         serial = self.context.serial
@@ -214,7 +265,7 @@ class MicroVM:
     def exit_assist_counts(self) -> dict[str, int]:
         """What the run loop's exit assists completed so far (empty on hardware
         KVM); until the VM is closed."""
-        return self.context.machine.exit_assist_counts()
+        return self.context.vm.exit_assist_counts()
 
     def console_tail(self, lines: int = 5) -> str:
         """The last `lines` lines of the console: where the guest was."""
@@ -253,10 +304,9 @@ class MicroVM:
 
 def ending_reason(vcpu: Vcpu, exit: Exit) -> str:
     """Why `exit` ends the machine; raises for one it cannot continue from."""
-    reason = MACHINE_ENDING.get(exit.reason)
-    if reason is not None:
-        return reason
-    if exit.reason == "internal_error" and exit.suberror == KVM_INTERNAL_ERROR_EMULATION:
+    if exit.reason in MACHINE_ENDING:
+        return exit.reason.value
+    if exit.reason == ExitReason.INTERNAL_ERROR and exit.suberror == KVM_INTERNAL_ERROR_EMULATION:
         rip, insn = vcpu.get_regs().rip, exit.instruction or b""
         raise EmulationFailureError(
             f"KVM could not emulate the guest instruction at RIP {rip:#x} "

@@ -1,25 +1,28 @@
-"""The built-in init steps that turn a VMConfig into a PC-like micro-VM ready
-to boot Linux, in kvmtool's levels: core (the VM), base (interrupt
-controllers, timer, and the host's exit assists where it needs them), dev
-(devices and their ACPI description), late (kernel and vCPUs)."""
+"""The machine builder: the init steps that turn a VMConfig into a PC-like
+micro-VM ready to boot Linux, in kvmtool's levels: core (the VM), base
+(interrupt controllers, timer, and the host's exit assists where it needs
+them), dev (devices, each registered with an id), firmware (the ACPI tables
+and kernel arguments, described from the registered devices), late (kernel
+and vCPUs)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from ._core import Vcpu, Vm
-from .acpi import AcpiPlatform, AcpiTables, SerialPort, build_acpi_tables
+from .acpi import AcpiPlatform, AcpiTables, build_acpi_tables
 from .boot import BootPlan, load_kernel
 from .boot.cmdline import kernel_cmdline
 from .boot.layout import ACPI_TABLES_ADDR
-from .boot.long_mode import enter_long_mode
 from .config import VMConfig
+from .description import describe
 from .devices import I8042, PmTimer, PowerControl, Serial
 from .host import HostProfile, host_profile
-from .init_chain import InitChain
+from .init_chain import InitChain, InitChainError
 from .x86.cpuid import vcpu_cpuid
 from .x86.interrupts import pc_gsi_routes
 from .x86.lapic import wire_local_interrupts
+from .x86.long_mode import enter_long_mode
 from .x86.msrs import boot_msrs
 
 COM1_PORT, COM1_IRQ = 0x3F8, 4
@@ -32,7 +35,7 @@ MXCSR_DEFAULT = 0x1F80  # all SIMD exceptions masked (SDM vol. 1, 10.2.3.1)
 
 
 @dataclass
-class MachineContext:
+class BuildContext:
     """What the init steps build, step by step."""
 
     config: VMConfig
@@ -41,80 +44,95 @@ class MachineContext:
     # Boot a bzImage as the vmlinux inside it, decompressed on the host.
     decompress_kernel: bool = True
     profile: HostProfile = field(default_factory=host_profile)
-    vm: Vm | None = None
+    created_vm: Vm | None = None
     serial: Serial | None = None
     acpi: AcpiTables | None = None
+    # What the registered devices ask of the kernel command line.
+    device_kernel_args: list[str] = field(default_factory=list)
+    # The command line the kernel was loaded with.
+    cmdline: str = ""
     plan: BootPlan | None = None
     vcpus: list[Vcpu] = field(default_factory=list)
 
     @property
-    def machine(self) -> Vm:
-        assert self.vm is not None, "the 'vm' step has not run"
-        return self.vm
+    def vm(self) -> Vm:
+        """The VM, once the "vm" step has created it."""
+        if self.created_vm is None:
+            raise InitChainError("the 'vm' init step has not run: steps need the VM it creates")
+        return self.created_vm
 
 
-def create_vm(ctx: MachineContext) -> None:
+def create_vm(ctx: BuildContext) -> None:
     # Ports nobody claims read as 0xff, as on a PC, so probes find nothing.
-    ctx.vm = Vm(ctx.config.memory_bytes, ignore_unclaimed=True)
+    ctx.created_vm = Vm(ctx.config.memory_bytes, ignore_unclaimed=True)
 
 
-def drop_vm(ctx: MachineContext) -> None:
-    ctx.vm = None
+def drop_vm(ctx: BuildContext) -> None:
+    ctx.created_vm = None
 
 
-def enable_exit_assists(ctx: MachineContext) -> None:
+def enable_exit_assists(ctx: BuildContext) -> None:
     """The work this host's KVM leaves to user space, completed in the run
     loop (pyfastvm.host); before the guest first runs."""
-    ctx.machine.enable_exit_assists(list(ctx.profile.exit_assists))
+    ctx.vm.enable_exit_assists(list(ctx.profile.exit_assists))
 
 
-def create_irqchip(ctx: MachineContext) -> None:
+def create_irqchip(ctx: BuildContext) -> None:
     """KVM's PICs and I/O APIC, wired as on a PC (see x86.interrupts)."""
-    ctx.machine.create_irqchip()
-    ctx.machine.set_gsi_routing(pc_gsi_routes())
+    ctx.vm.create_irqchip()
+    ctx.vm.set_gsi_routing(pc_gsi_routes())
 
 
-def add_serial(ctx: MachineContext) -> None:
+def add_serial(ctx: BuildContext) -> None:
     serial = Serial()
-    ctx.machine.add_pio_device(COM1_PORT, Serial.PORTS, serial)
-    ctx.machine.register_irqfd(serial.irq_fd, COM1_IRQ)
+    ctx.vm.add_pio_device(COM1_PORT, Serial.PORTS, serial, id="com1", gsi=COM1_IRQ)
     ctx.serial = serial
 
 
-def drop_serial(ctx: MachineContext) -> None:
+def drop_serial(ctx: BuildContext) -> None:
     ctx.serial = None
 
 
-def add_i8042(ctx: MachineContext) -> None:
-    ctx.machine.add_pio_device(I8042_PORT, I8042_PORTS, I8042())
+def add_i8042(ctx: BuildContext) -> None:
+    ctx.vm.add_pio_device(I8042_PORT, I8042_PORTS, I8042(), id="i8042")
 
 
-def add_acpi(ctx: MachineContext) -> None:
-    """The PM timer, the sleep and reset registers, and the tables that
-    describe them, the vCPUs and the serial port to the guest."""
-    ctx.machine.add_pio_device(PM_TIMER_PORT, PmTimer.PORTS, PmTimer())
-    ctx.machine.add_pio_device(POWER_CONTROL_PORT, PowerControl.PORTS, PowerControl())
+def add_acpi_devices(ctx: BuildContext) -> None:
+    """The PM timer and the sleep and reset registers the FADT points at."""
+    ctx.vm.add_pio_device(PM_TIMER_PORT, PmTimer.PORTS, PmTimer(), id="pm-timer")
+    ctx.vm.add_pio_device(
+        POWER_CONTROL_PORT, PowerControl.PORTS, PowerControl(), id="power-control"
+    )
+
+
+def add_user_devices(ctx: BuildContext) -> None:
+    for spec in ctx.config.devices:
+        add = ctx.vm.add_pio_device if spec.bus == "pio" else ctx.vm.add_mmio_device
+        add(spec.base, spec.length, spec.device, id=spec.id, gsi=spec.gsi)
+
+
+def describe_machine(ctx: BuildContext) -> None:
+    """The ACPI tables (the vCPUs, and each registered device's terms) and
+    the kernel arguments the devices ask for: built last, from the registry,
+    as kvmtool builds its firmware tables from its device list."""
+    devices = ctx.vm.devices
+    descriptions = [describe(info) for info in devices]
     platform = AcpiPlatform(
         cpu_count=ctx.config.vcpus,
-        pm_timer_port=PM_TIMER_PORT,
-        power_control_port=POWER_CONTROL_PORT,
-        serial_ports=(SerialPort(COM1_PORT, COM1_IRQ),),
+        devices=devices,
+        dsdt_terms=b"".join(d.aml for d in descriptions),
     )
     ctx.acpi = build_acpi_tables(platform, ACPI_TABLES_ADDR)
-    ctx.machine.memory.write(ctx.acpi.base, ctx.acpi.image)
+    ctx.vm.memory.write(ctx.acpi.base, ctx.acpi.image)
+    ctx.device_kernel_args = [arg for d in descriptions for arg in d.kernel_args]
 
 
-def drop_acpi(ctx: MachineContext) -> None:
+def drop_description(ctx: BuildContext) -> None:
     ctx.acpi = None
+    ctx.device_kernel_args = []
 
 
-def add_user_devices(ctx: MachineContext) -> None:
-    for spec in ctx.config.devices:
-        add = ctx.machine.add_pio_device if spec.bus == "pio" else ctx.machine.add_mmio_device
-        add(spec.base, spec.length, spec.device)
-
-
-def initrd_image(ctx: MachineContext) -> bytes | None:
+def initrd_image(ctx: BuildContext) -> bytes | None:
     """The user's initrd, then the overlay, each 4-byte aligned as the
     kernel's initramfs unpacker wants concatenated archives."""
     user = ctx.config.initrd.read_bytes() if ctx.config.initrd is not None else b""
@@ -123,26 +141,28 @@ def initrd_image(ctx: MachineContext) -> bytes | None:
     return image or None
 
 
-def load_linux(ctx: MachineContext) -> None:
+def load_linux(ctx: BuildContext) -> None:
     assert ctx.config.kernel is not None, "VMConfig.kernel is required to boot"
+    machine_args = [*ctx.device_kernel_args, *ctx.profile.kernel_args]
+    ctx.cmdline = kernel_cmdline(ctx.config.cmdline, extra_args=machine_args)
     ctx.plan = load_kernel(
         ctx.config.kernel,
         memory_size=ctx.config.memory_bytes,
-        cmdline=kernel_cmdline(ctx.config.cmdline, host_args=ctx.profile.kernel_args),
+        cmdline=ctx.cmdline,
         initrd=initrd_image(ctx),
         decompress=ctx.decompress_kernel,
     )
-    ctx.plan.write_to(ctx.machine.memory)
+    ctx.plan.write_to(ctx.vm.memory)
 
 
-def create_vcpus(ctx: MachineContext) -> None:
+def create_vcpus(ctx: BuildContext) -> None:
     """Every vCPU gets its own CPUID, the boot MSRs and the LAPIC pins. The
     boot vCPU enters Linux; the others wait in KVM's local APIC for the
     INIT/SIPI with which the guest starts them."""
-    supported = ctx.machine.kvm.supported_cpuid()
+    supported = ctx.vm.kvm.supported_cpuid()
     count = ctx.config.vcpus
     for index in range(count):
-        vcpu = ctx.machine.create_vcpu(index)
+        vcpu = ctx.vm.create_vcpu(index)
         hidden = ctx.profile.hidden_kvm_features
         vcpu.set_cpuid(
             vcpu_cpuid(supported, apic_id=index, vcpu_count=count, hidden_kvm_features=hidden)
@@ -153,13 +173,13 @@ def create_vcpus(ctx: MachineContext) -> None:
     enter_linux(ctx)
 
 
-def enter_linux(ctx: MachineContext) -> None:
+def enter_linux(ctx: BuildContext) -> None:
     """The boot vCPU as the 64-bit boot protocol asks: long mode with the
     boot GDT, RSI = the zero page, interrupts off (Documentation/arch/x86/
     boot.rst, "64-bit Boot Protocol")."""
     assert ctx.plan is not None
     vcpu = ctx.vcpus[0]
-    enter_long_mode(vcpu, ctx.machine.memory)
+    enter_long_mode(vcpu, ctx.vm.memory)
     fpu = vcpu.get_fpu()
     fpu.fcw, fpu.mxcsr = X87_CONTROL_DEFAULT, MXCSR_DEFAULT
     vcpu.set_fpu(fpu)
@@ -168,24 +188,25 @@ def enter_linux(ctx: MachineContext) -> None:
     vcpu.set_regs(regs)
 
 
-def drop_vcpus(ctx: MachineContext) -> None:
+def drop_vcpus(ctx: BuildContext) -> None:
     ctx.vcpus.clear()
 
 
-def default_init_chain(profile: HostProfile | None = None) -> InitChain[MachineContext]:
+def default_init_chain(profile: HostProfile | None = None) -> InitChain[BuildContext]:
     """The steps of a Linux micro-VM on a host of `profile` (this one's by
     default); add your own before starting it."""
     profile = profile if profile is not None else host_profile()
-    chain: InitChain[MachineContext] = InitChain()
+    chain: InitChain[BuildContext] = InitChain()
     chain.add("vm", "core", create_vm, drop_vm)
     if profile.exit_assists:
         chain.add("exit-assists", "base", enable_exit_assists)
     chain.add("irqchip", "base", create_irqchip)
-    chain.add("pit", "base", lambda ctx: ctx.machine.create_pit())
+    chain.add("pit", "base", lambda ctx: ctx.vm.create_pit())
     chain.add("serial", "dev", add_serial, drop_serial)
     chain.add("i8042", "dev", add_i8042)
-    chain.add("acpi", "dev", add_acpi, drop_acpi)
+    chain.add("acpi-devices", "dev", add_acpi_devices)
     chain.add("devices", "dev", add_user_devices)
+    chain.add("acpi", "firmware", describe_machine, drop_description)
     chain.add("kernel", "late", load_linux)
     chain.add("vcpus", "late", create_vcpus, drop_vcpus)
     return chain

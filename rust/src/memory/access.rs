@@ -1,6 +1,7 @@
-//! Guest RAM: anonymous mappings laid out around the 32-bit MMIO hole, and
-//! Python access to them (copies and zero-copy buffers).
+//! Python access to guest RAM: copies, and zero-copy buffers that keep the
+//! mapping alive.
 
+use std::os::fd::RawFd;
 use std::os::raw::c_int;
 use std::sync::Arc;
 
@@ -10,40 +11,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyMemoryView};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+use super::{dump, dup_file};
 use crate::error::{Error, Result};
-
-/// Start of the 32-bit MMIO hole: RAM beyond this much continues at 4 GiB,
-/// leaving room below 4 GiB for the LAPIC, IOAPIC and PCI windows.
-pub const MMIO_HOLE_START: u64 = 0xC000_0000;
-pub const MMIO_HOLE_END: u64 = 1 << 32;
-
-/// The smallest guest we create: one page.
-const MIN_MEMORY: u64 = 4096;
-
-/// Guest-physical RAM ranges for `size` bytes of RAM.
-pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, usize)> {
-    if size <= MMIO_HOLE_START {
-        return vec![(GuestAddress(0), size as usize)];
-    }
-    vec![
-        (GuestAddress(0), MMIO_HOLE_START as usize),
-        (
-            GuestAddress(MMIO_HOLE_END),
-            (size - MMIO_HOLE_START) as usize,
-        ),
-    ]
-}
-
-/// Maps `size` bytes of anonymous guest RAM.
-pub fn allocate(size: u64) -> Result<GuestMemoryMmap> {
-    if size < MIN_MEMORY || size % 4096 != 0 {
-        return Err(Error::GuestMemory(format!(
-            "memory_size {size:#x} is not a positive multiple of 4 KiB: pass e.g. 64 * 1024 * 1024"
-        )));
-    }
-    GuestMemoryMmap::from_ranges(&ram_ranges(size))
-        .map_err(|e| Error::GuestMemory(format!("cannot map {} MiB of guest RAM: {e}", size >> 20)))
-}
 
 fn describe_layout(mem: &GuestMemoryMmap) -> String {
     mem.iter()
@@ -97,6 +66,14 @@ impl PyGuestMemory {
     #[getter]
     fn size(&self) -> u64 {
         self.ram.iter().map(|r| r.len()).sum()
+    }
+
+    /// Writes guest RAM to open file descriptor `fd`, the ranges one after
+    /// the other from offset 0, pages of zeros left as holes; returns the
+    /// bytes of data written. Pause the vCPUs first for a consistent copy.
+    fn dump(&self, py: Python<'_>, fd: RawFd) -> Result<u64> {
+        let file = dup_file(fd)?;
+        py.detach(|| dump::dump(&self.ram, &file))
     }
 
     /// The RAM regions as (guest physical address, size) pairs.

@@ -12,11 +12,11 @@ import struct
 from dataclasses import dataclass
 
 from .._core import GuestMemory, Segment, Vcpu
-from .layout import BOOT_GDT_ADDR as GDT_ADDRESS
-from .layout import PD_ADDR as PD_ADDRESS
-from .layout import PD_COUNT as IDENTITY_MAPPED_GIB
-from .layout import PDPT_ADDR as PDPT_ADDRESS
-from .layout import PML4_ADDR as PML4_ADDRESS
+from ..boot.layout import BOOT_GDT_ADDR as GDT_ADDRESS
+from ..boot.layout import PD_ADDR as PD_ADDRESS
+from ..boot.layout import PD_COUNT as IDENTITY_MAPPED_GIB
+from ..boot.layout import PDPT_ADDR as PDPT_ADDRESS
+from ..boot.layout import PML4_ADDR as PML4_ADDRESS
 
 KERNEL_CODE_SELECTOR = 0x10
 KERNEL_DATA_SELECTOR = 0x18

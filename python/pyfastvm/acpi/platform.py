@@ -1,15 +1,17 @@
-"""The ACPI description of a pyfastvm micro-VM: a hardware-reduced PC with
-one local APIC per vCPU, KVM's I/O APIC, serial ports, the PM timer and the
-sleep and reset registers, laid out from one base address in the BIOS area
-where guests without EFI search for the RSDP (ACPI 6.5, 5.2.5.1)."""
+"""The ACPI tables of a pyfastvm micro-VM, built from its registered
+devices: a hardware-reduced PC with one local APIC per vCPU, KVM's I/O APIC,
+the PM timer and the sleep and reset registers in the FADT, and each
+device's own terms in the DSDT (pyfastvm.description), laid out from one
+base address in the BIOS area where guests without EFI search for the RSDP
+(ACPI 6.5, 5.2.5.1)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .._core import PmTimer, PowerControl, Serial
+from .._core import DeviceInfo, PmTimer, PowerControl
 from ..x86.interrupts import PIT_GSI, PIT_IRQ
-from . import aml
 from .tables import (
     BOOT_ARCH_CMOS_RTC_NOT_PRESENT,
     BOOT_ARCH_LEGACY_DEVICES,
@@ -30,7 +32,6 @@ from .tables import (
 IO_APIC_ID = 0
 IO_APIC_ADDRESS = 0xFEC0_0000
 TABLE_ALIGNMENT = 16  # the RSDP must be on a 16-byte boundary
-SERIAL_HID = "PNP0501"  # 16550A-compatible COM port
 # A PC with ISA-style devices (the COM port) but no VGA, MSI or CMOS RTC, and
 # no 8042 keyboard controller to probe: pyfastvm's i8042 only takes the reset
 # command, which the kernel sends without probing.
@@ -43,19 +44,23 @@ BOOT_ARCH = (
 
 
 @dataclass(frozen=True)
-class SerialPort:
-    port: int
-    irq: int
-
-
-@dataclass(frozen=True)
 class AcpiPlatform:
-    """What the tables tell the guest about the machine."""
+    """What the tables tell the guest about the machine: its vCPUs, its
+    devices in registration order, and each one's DSDT terms."""
 
     cpu_count: int
-    pm_timer_port: int
-    power_control_port: int
-    serial_ports: tuple[SerialPort, ...] = ()
+    devices: Sequence[DeviceInfo]
+    dsdt_terms: bytes
+
+    def port_of(self, kind: str) -> int:
+        """The base port of the one device of `kind` the FADT points at."""
+        found = [info.base for info in self.devices if info.kind == kind]
+        if len(found) != 1:
+            raise ValueError(
+                f"the FADT needs exactly one {kind} device, and the VM has {len(found)}: "
+                "keep the default init chain's pm-timer and power-control steps"
+            )
+        return found[0]
 
 
 @dataclass(frozen=True)
@@ -68,32 +73,14 @@ class AcpiTables:
 
 
 def power_management(platform: AcpiPlatform) -> PowerManagement:
-    port = platform.power_control_port
+    port = platform.port_of("PowerControl")
     return PowerManagement(
-        pm_timer=IoRegister(platform.pm_timer_port, 8 * PmTimer.PORTS),
+        pm_timer=IoRegister(platform.port_of("PmTimer"), 8 * PmTimer.PORTS),
         sleep_control=IoRegister(port + PowerControl.SLEEP_CONTROL, 8),
         sleep_status=IoRegister(port + PowerControl.SLEEP_STATUS, 8),
         reset=IoRegister(port + PowerControl.RESET, 8),
         reset_value=PowerControl.RESET_VALUE,
     )
-
-
-def differentiated_definitions(platform: AcpiPlatform) -> bytes:
-    """The DSDT's AML: the serial ports under \\_SB, and \\_S5 for power-off."""
-    ports = [
-        aml.device(
-            f"COM{uid}",
-            aml.name("_HID", aml.eisa_id(SERIAL_HID)),
-            aml.name("_UID", aml.integer(uid)),
-            aml.name(
-                "_CRS", aml.resource_template(aml.io_port(s.port, Serial.PORTS), aml.irq(s.irq))
-            ),
-        )
-        for uid, s in enumerate(platform.serial_ports, start=1)
-    ]
-    s5 = PowerControl.S5_SLEEP_TYPE
-    soft_off = aml.name("\\_S5", aml.package(*map(aml.integer, (s5, s5, 0, 0))))
-    return aml.scope("\\_SB", *ports) + soft_off
 
 
 def build_acpi_tables(platform: AcpiPlatform, base: int) -> AcpiTables:
@@ -109,7 +96,7 @@ def build_acpi_tables(platform: AcpiPlatform, base: int) -> AcpiTables:
 
     image.extend(bytes(RSDP.size))  # filled in once the root tables are placed
     addresses["RSDP"] = base
-    dsdt_address = place("DSDT", dsdt(differentiated_definitions(platform)))
+    dsdt_address = place("DSDT", dsdt(platform.dsdt_terms))
     tables = [
         place("FACP", fadt(dsdt_address, power_management(platform), boot_arch=BOOT_ARCH)),
         place("APIC", madt(
