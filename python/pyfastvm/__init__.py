@@ -14,7 +14,9 @@ from ._core import (
     Segment,
     Sregs,
     Vcpu,
+    VcpuState,
     Vm,
+    VmState,
     __version__,
 )
 from .config import ConfigError, DeviceSpec, VMConfig
@@ -75,7 +77,9 @@ __all__ = [
     "Vcpu",
     "VcpuBusyError",
     "VcpuExitError",
+    "VcpuState",
     "Vm",
+    "VmState",
     "VmmError",
     "__version__",
     "devices",

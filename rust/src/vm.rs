@@ -17,10 +17,11 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::assist::ExitAssists;
 use crate::bus::{AddressSpace, Bus};
-use crate::devices::{BuiltinDevice, Device, PythonDevice};
+use crate::devices::{as_device, Device};
 use crate::error::{Error, Result};
 use crate::kvm::Kvm;
 use crate::memory::{self, PyGuestMemory};
+use crate::state::python::PyVmState;
 use crate::vcpu::{Vcpu, VcpuShared};
 
 /// Where KVM_SET_TSS_ADDR puts the three pages Intel's real-mode emulation
@@ -70,10 +71,7 @@ impl Machine {
         length: u64,
         device: &Bound<'_, PyAny>,
     ) -> Result<()> {
-        let device: Arc<dyn Device> = match device.cast::<BuiltinDevice>() {
-            Ok(builtin) => builtin.get().device.clone(),
-            Err(_) => Arc::new(PythonDevice::new(device)?),
-        };
+        let device = as_device(device)?;
         if space == AddressSpace::Pio && base.saturating_add(length) > 0x1_0000 {
             return Err(Error::BusConflict(format!(
                 "PIO range {base:#x}+{length:#x} for {} goes past port 0xffff: x86 I/O ports are 16-bit",
@@ -340,6 +338,18 @@ impl Vm {
         for vcpu in vcpus.iter() {
             vcpu.request_stop();
         }
+    }
+
+    /// Saves the in-kernel PICs, I/O APIC, PIT and kvmclock (see
+    /// pyfastvm.VmState). Stop the vCPUs first.
+    fn save_state(&self) -> Result<PyVmState> {
+        crate::state::vm::save(&self.machine.vm_fd).map(PyVmState)
+    }
+
+    /// Puts them back: into a VM with the same in-kernel devices created,
+    /// before its vCPUs run.
+    fn restore_state(&self, state: PyRef<'_, PyVmState>) -> Result<()> {
+        crate::state::vm::restore(&self.machine.vm_fd, &state.0)
     }
 
     fn __repr__(&self) -> String {

@@ -7,11 +7,16 @@ mod pm_timer;
 mod power_control;
 mod python;
 mod serial;
+mod serial_state;
+mod state;
 
+pub use builtin::register as register_builtins;
 #[cfg(test)]
 pub use builtin::Sink;
-pub use builtin::{register as register_builtins, BuiltinDevice};
-pub use python::PythonDevice;
+pub use python::as_device;
+pub use state::{restore_device_state, save_device_state};
+
+use serde_json::Value;
 
 use crate::error::Result;
 
@@ -41,4 +46,15 @@ pub trait Device: Send + Sync {
     fn name(&self) -> String;
     fn read(&self, offset: u64, data: &mut [u8]) -> Result<IoAction>;
     fn write(&self, offset: u64, data: &[u8]) -> Result<IoAction>;
+
+    /// The device's state for a snapshot, as JSON; `{}` for a device that
+    /// keeps none.
+    fn save_state(&self) -> Result<Value> {
+        Ok(state::no_state())
+    }
+
+    /// Puts the device back in a state `save_state` returned.
+    fn restore_state(&self, state: &Value) -> Result<()> {
+        state::expect_no_state(&self.name(), state)
+    }
 }

@@ -4,6 +4,7 @@
 mod kick;
 mod run_area;
 mod run_loop;
+mod state;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +21,7 @@ use run_area::RunArea;
 use crate::error::{Error, Result};
 use crate::exit::Exit;
 use crate::regs::{CpuidEntry, Fpu, Regs, Sregs};
+use crate::state::python::PyVcpuState;
 use crate::vm::Machine;
 
 /// The state of one vCPU shared by its Python handle and its VM.
@@ -243,18 +245,33 @@ impl Vcpu {
         })
     }
 
+    /// Saves the whole vCPU state (see pyfastvm.VcpuState), after completing
+    /// any PIO or MMIO exit it stopped at. The vCPU must not be running.
+    fn save_state(&self) -> Result<PyVcpuState> {
+        self.shared.save_state().map(PyVcpuState)
+    }
+
+    /// Puts the vCPU in a saved state, e.g. a fresh vCPU of a new Vm.
+    fn restore_state(&self, state: PyRef<'_, PyVcpuState>) -> Result<()> {
+        self.shared.restore_state(&state.0)
+    }
+
     fn __repr__(&self) -> String {
         format!("Vcpu(index={})", self.shared.index)
     }
 }
 
-fn msr_list(entries: &[kvm_msr_entry]) -> Result<Msrs> {
+pub(crate) fn msr_list(entries: &[kvm_msr_entry]) -> Result<Msrs> {
     Msrs::from_entries(entries)
         .map_err(|_| Error::Argument(format!("too many MSRs in one call: {}", entries.len())))
 }
 
 /// KVM_GET/SET_MSRS stop at the first MSR they refuse; name it.
-fn check_msr_count(verb: &'static str, done: usize, entries: &[kvm_msr_entry]) -> Result<()> {
+pub(crate) fn check_msr_count(
+    verb: &'static str,
+    done: usize,
+    entries: &[kvm_msr_entry],
+) -> Result<()> {
     match entries.get(done) {
         None => Ok(()),
         Some(refused) => Err(Error::MsrRefused {
