@@ -1,6 +1,7 @@
 """The contract of a device written in Python."""
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 
 class Device(ABC):
@@ -14,6 +15,11 @@ class Device(ABC):
     ``offset`` is relative to ``base``; accesses are 1, 2, 4 or 8 bytes,
     little-endian. An exception raised here ends ``vcpu.run()`` and
     propagates to its caller with its traceback.
+
+    A device with state implements ``snapshot`` and ``restore``, which a
+    snapshot of the VM calls (through ``pyfastvm.devices.save_device_state``
+    and ``restore_device_state``) while the vCPUs are stopped. Without them
+    (as in these defaults) a device keeps no state.
     """
 
     @abstractmethod
@@ -23,3 +29,14 @@ class Device(ABC):
     @abstractmethod
     def write(self, offset: int, data: bytes) -> None:
         """Handle a guest write of ``data`` at ``offset``."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return the device's state as JSON-compatible data (dicts with str
+        keys, lists, str, int, float, bool, None), for ``restore`` on a new
+        device of the same kind in a restored VM."""
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back a state ``snapshot`` returned."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, but was given {state!r}")

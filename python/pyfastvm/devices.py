@@ -1,6 +1,16 @@
 """Devices built into the Rust core; guest accesses to them never enter Python."""
 
-from ._core import I8042, BuiltinDevice, DebugExit, PmTimer, PowerControl, Serial, Sink
+from ._core import (
+    I8042,
+    BuiltinDevice,
+    DebugExit,
+    PmTimer,
+    PowerControl,
+    Serial,
+    Sink,
+    restore_device_state,
+    save_device_state,
+)
 
 __all__ = [
     "I8042",
@@ -10,4 +20,6 @@ __all__ = [
     "PowerControl",
     "Serial",
     "Sink",
+    "restore_device_state",
+    "save_device_state",
 ]

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use vm_superio::serial::NoEvents;
+use vm_superio::serial::{Error as SerialError, NoEvents};
 use vm_superio::{Serial as Uart, Trigger};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -123,19 +123,24 @@ impl Device for SerialDevice {
     /// The registers and the received bytes the guest has not read; output
     /// not yet drained stays with this device.
     fn save_state(&self) -> Result<Value> {
-        state::to_state("Serial", &SerialSnapshot::from(self.uart().state()))
+        state::to_state("Serial", &SerialSnapshot(self.uart().state()))
     }
 
     /// Rebuilds the UART from `saved`, raising its interrupt if one was due.
     fn restore_state(&self, saved: &Value) -> Result<()> {
-        let snapshot: SerialSnapshot = state::from_state("Serial", saved)?;
+        let SerialSnapshot(saved) = state::from_state("Serial", saved)?;
         let uart = Uart::from_state(
-            &snapshot.into(),
+            &saved,
             IrqTrigger(self.irq.clone()),
             NoEvents,
             OutputWriter(self.output.clone()),
         )
-        .map_err(|e| Error::Argument(format!("cannot restore the serial port: {e:?}")))?;
+        .map_err(|e| match e {
+            SerialError::FullFifo => Error::Argument(
+                "a Serial state holds at most 64 unread bytes, what its FIFO holds".into(),
+            ),
+            other => Error::Device(format!("cannot restore the serial port: {other:?}")),
+        })?;
         *self.uart() = uart;
         Ok(())
     }

@@ -1,13 +1,14 @@
 //! The 16550A's state as a snapshot keeps it: vm-superio's `SerialState`
-//! (its registers and the received bytes the guest has not read yet) with
+//! (its registers and the received bytes the guest has not read yet), with
 //! the serde support that crate leaves to a companion of another version.
 
 use serde::{Deserialize, Serialize};
 use vm_superio::serial::SerialState;
 
+/// serde's view of vm-superio's struct, field for field.
 #[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SerialSnapshot {
+#[serde(remote = "SerialState", deny_unknown_fields)]
+struct SerialStateDef {
     baud_divisor_low: u8,
     baud_divisor_high: u8,
     interrupt_enable: u8,
@@ -21,39 +22,8 @@ pub struct SerialSnapshot {
     in_buffer: Vec<u8>,
 }
 
-impl From<SerialState> for SerialSnapshot {
-    fn from(s: SerialState) -> Self {
-        SerialSnapshot {
-            baud_divisor_low: s.baud_divisor_low,
-            baud_divisor_high: s.baud_divisor_high,
-            interrupt_enable: s.interrupt_enable,
-            interrupt_identification: s.interrupt_identification,
-            line_control: s.line_control,
-            line_status: s.line_status,
-            modem_control: s.modem_control,
-            modem_status: s.modem_status,
-            scratch: s.scratch,
-            in_buffer: s.in_buffer,
-        }
-    }
-}
-
-impl From<SerialSnapshot> for SerialState {
-    fn from(s: SerialSnapshot) -> Self {
-        SerialState {
-            baud_divisor_low: s.baud_divisor_low,
-            baud_divisor_high: s.baud_divisor_high,
-            interrupt_enable: s.interrupt_enable,
-            interrupt_identification: s.interrupt_identification,
-            line_control: s.line_control,
-            line_status: s.line_status,
-            modem_control: s.modem_control,
-            modem_status: s.modem_status,
-            scratch: s.scratch,
-            in_buffer: s.in_buffer,
-        }
-    }
-}
+#[derive(Serialize, Deserialize)]
+pub struct SerialSnapshot(#[serde(with = "SerialStateDef")] pub SerialState);
 
 #[cfg(test)]
 mod tests {
@@ -67,9 +37,9 @@ mod tests {
             in_buffer: b"ab".to_vec(),
             ..SerialState::default()
         };
-        let json = serde_json::to_value(SerialSnapshot::from(state.clone())).unwrap();
+        let json = serde_json::to_value(SerialSnapshot(state.clone())).unwrap();
         assert_eq!(json["scratch"], 0x5a);
         let back: SerialSnapshot = serde_json::from_value(json).unwrap();
-        assert_eq!(SerialState::from(back), state);
+        assert_eq!(back.0, state);
     }
 }

@@ -8,7 +8,7 @@
 //! another format name or version: a change to the layout bumps the version.
 
 mod host;
-mod msrs;
+pub mod msrs;
 pub mod pyjson;
 pub mod python;
 pub mod vcpu;

@@ -53,7 +53,7 @@ pub fn read_all(fd: &VcpuFd, indices: &[u32]) -> Result<ReadMsrs> {
 }
 
 /// Reads the MSRs at `indices` up to the first KVM refuses; returns how many it read.
-fn read_some(fd: &VcpuFd, indices: &[u32]) -> Result<(usize, Vec<kvm_msr_entry>)> {
+pub fn read_some(fd: &VcpuFd, indices: &[u32]) -> Result<(usize, Vec<kvm_msr_entry>)> {
     let entries: Vec<kvm_msr_entry> = indices
         .iter()
         .map(|&index| kvm_msr_entry {
@@ -66,10 +66,16 @@ fn read_some(fd: &VcpuFd, indices: &[u32]) -> Result<(usize, Vec<kvm_msr_entry>)
     Ok((done, msrs.as_slice().to_vec()))
 }
 
-/// Writes every MSR, the deferred ones last; each must be accepted.
+/// Writes every MSR that does not already hold its value, the deferred ones
+/// last; each must be accepted. MSRs already right are left alone because
+/// KVM refuses some writes of values it reads back (MSR_KVM_ASYNC_PF_INT
+/// without an in-kernel local APIC, even of 0).
 pub fn write_all(fd: &VcpuFd, values: &BTreeMap<u32, u64>) -> Result<()> {
+    let indices: Vec<u32> = values.keys().copied().collect();
+    let current = read_all(fd, &indices)?.values;
     let (later, first): (Vec<kvm_msr_entry>, Vec<kvm_msr_entry>) = values
         .iter()
+        .filter(|&(index, value)| current.get(index) != Some(value))
         .map(|(&index, &data)| kvm_msr_entry {
             index,
             data,

@@ -141,7 +141,8 @@ pub fn restore(fd: &VcpuFd, state: &VcpuState) -> Result<()> {
     }
     msrs::write_all(fd, &state.msrs)?;
     // Events last, with the flags that make KVM take the pending NMI and
-    // the SIPI vector too (KVM_GET_VCPU_EVENTS leaves them clear).
+    // the SIPI vector too: KVM_GET_VCPU_EVENTS never sets the SIPI one, and
+    // older kernels not the NMI one.
     let mut events = state.vcpu_events;
     events.flags |= KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR;
     fd.set_vcpu_events(&events)

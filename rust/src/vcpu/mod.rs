@@ -21,6 +21,7 @@ use run_area::RunArea;
 use crate::error::{Error, Result};
 use crate::exit::Exit;
 use crate::regs::{CpuidEntry, Fpu, Regs, Sregs};
+use crate::state::msrs::read_some;
 use crate::state::python::PyVcpuState;
 use crate::vm::Machine;
 
@@ -153,19 +154,9 @@ impl Vcpu {
 
     /// Reads the given MSRs; returns {index: value}.
     fn get_msrs(&self, indices: Vec<u32>) -> Result<BTreeMap<u32, u64>> {
-        let entries: Vec<kvm_msr_entry> = indices
-            .iter()
-            .map(|&index| kvm_msr_entry {
-                index,
-                ..Default::default()
-            })
-            .collect();
-        let mut msrs = msr_list(&entries)?;
-        let read = self
-            .shared
-            .with_fd(|fd| fd.get_msrs(&mut msrs).map_err(Error::kvm("KVM_GET_MSRS")))?;
+        let (read, entries) = self.shared.with_fd(|fd| read_some(fd, &indices))?;
         check_msr_count("read", read, &entries)?;
-        Ok(msrs.as_slice().iter().map(|e| (e.index, e.data)).collect())
+        Ok(entries.iter().map(|e| (e.index, e.data)).collect())
     }
 
     /// Writes {index: value} to the MSRs; every one must be accepted.
