@@ -19,6 +19,8 @@ pub struct HostSupport {
     pub xcrs: bool,
     /// KVM_GET_TSC_KHZ (KVM_CAP_GET_TSC_KHZ).
     pub tsc_khz: bool,
+    /// KVM_KVMCLOCK_CTRL (KVM_CAP_KVMCLOCK_CTRL).
+    pub kvmclock_ctrl: bool,
 }
 
 static HOST: OnceLock<HostSupport> = OnceLock::new();
@@ -43,6 +45,7 @@ pub fn host_support() -> Result<&'static HostSupport> {
         xsave_size,
         xcrs: kvm.check_extension(Cap::Xcrs),
         tsc_khz: kvm.check_extension(Cap::GetTscKhz),
+        kvmclock_ctrl: kvm.check_extension(Cap::KvmclockCtrl),
     };
     Ok(HOST.get_or_init(|| support))
 }

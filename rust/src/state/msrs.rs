@@ -63,7 +63,7 @@ pub fn read_some(fd: &VcpuFd, indices: &[u32]) -> Result<(usize, Vec<kvm_msr_ent
         .collect();
     let mut msrs = msr_list(&entries)?;
     let done = fd.get_msrs(&mut msrs).map_err(Error::kvm("KVM_GET_MSRS"))?;
-    Ok((done, msrs.as_slice().to_vec()))
+    Ok((done.min(indices.len()), msrs.as_slice().to_vec()))
 }
 
 /// Writes every MSR that does not already hold its value, the deferred ones

@@ -147,13 +147,16 @@ pub fn restore(fd: &VcpuFd, state: &VcpuState) -> Result<()> {
     events.flags |= KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR;
     fd.set_vcpu_events(&events)
         .map_err(Error::kvm("KVM_SET_VCPU_EVENTS"))?;
-    pause_kvmclock(fd)
+    pause_kvmclock(fd, host)
 }
 
 /// Tells a guest using kvmclock that it was paused, so its soft-lockup
 /// watchdog does not take the gap for a hang. KVM refuses (EINVAL) when the
 /// guest has not enabled kvmclock: then there is nobody to tell.
-fn pause_kvmclock(fd: &VcpuFd) -> Result<()> {
+fn pause_kvmclock(fd: &VcpuFd, host: &HostSupport) -> Result<()> {
+    if !host.kvmclock_ctrl {
+        return Ok(());
+    }
     match fd.kvmclock_ctrl() {
         Err(e) if e.errno() == libc::EINVAL => Ok(()),
         other => other.map_err(Error::kvm("KVM_KVMCLOCK_CTRL")),
