@@ -236,3 +236,16 @@ def test_another_version_or_damaged_json_is_refused(vm: pyfastvm.Vm) -> None:
         pyfastvm.VcpuState.from_json(json.dumps(document))
     with pytest.raises(pyfastvm.InvalidArgumentError, match="not a pyfastvm.VcpuState"):
         pyfastvm.VcpuState.from_json(vm.save_state().to_json())
+
+
+def test_the_mp_state_comes_back_whichever_it_was(vm: pyfastvm.Vm) -> None:
+    vm.create_irqchip()
+    running = vm.create_vcpu(0).save_state()
+    waiting = vm.create_vcpu(1).save_state()
+    assert (running.mp_state, waiting.mp_state) == (0, 1)  # runnable; waiting for INIT/SIPI
+    other = machine()
+    other.create_vcpu(0)
+    for state in (running, waiting):
+        ap = other.create_vcpu(state.mp_state + 1)  # a fresh AP: itself waiting
+        ap.restore_state(state)
+        assert ap.save_state().mp_state == state.mp_state
