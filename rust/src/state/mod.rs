@@ -39,7 +39,7 @@ struct Document<T> {
 }
 
 /// None where KVM refuses with `absent`, its answer for a part the VM was
-/// created without (the in-kernel irqchip, the PIT).
+/// created without (the in-kernel irqchip and local APICs, the PIT).
 fn unless_absent<T>(
     result: std::result::Result<T, kvm_ioctls::Error>,
     op: &'static str,
