@@ -93,3 +93,25 @@ LONG_THOUSAND_OUTS = bytes.fromhex("b9e803000066baf803eeffc975f7e6f4")
 LONG_SERIAL_ECHO = bytes.fromhex("66baf803b068eeb069eeece6f4")
 # 64-bit: mov al, 0xfe; out 0x64, al; hlt   (the keyboard controller's CPU reset)
 LONG_I8042_RESET = bytes.fromhex("b0fee664f4")
+# 64-bit: 1: inc rbx; inc qword [rip + 0xf6] (the counter at 0x100); mov eax, ebx;
+#         mov dx, 0x3f8; out dx, eax; jmp 1b   (counts in rbx and memory, reports each count)
+LONG_COUNTING_LOOP = bytes.fromhex("48ffc348ff05f600000089d866baf803efebed")
+LONG_COUNTING_LOOP_COUNTER = 0x100
+# 64-bit: mov eax, 42; out 0xf4, eax; mov eax, 7; out 0xf4, eax   (two debug exits)
+LONG_TWO_DEBUG_EXITS = bytes.fromhex("b82a000000e7f4b807000000e7f4")
+# 64-bit: mov al, 0xa5; out 0x21, al; mov al, 0x5a; out 0xa1, al   (the PICs' masks)
+#         mov al, 0x34; out 0x43, al; mov al, 0x9c; out 0x40, al; mov al, 0x2e; out 0x40, al
+#                                            (PIT channel 0: mode 2, count 0x2e9c)
+#         mov ebx, 0xfec00000; mov dword [rbx], 0x1a; mov dword [rbx + 0x10], 0x100a5
+#                                            (I/O APIC pin 5: vector 0xa5, masked)
+#         out 0xf4, al
+LONG_PROGRAM_PICS_PIT_IOAPIC = bytes.fromhex(
+    "b0a5e621b05ae6a1b034e643b09ce640b02ee640bb0000c0fec7031a000000c74310a5000100e6f4"
+)
+# 64-bit, at CPL 3 (KVM on PVM does not emulate SSE moves at CPL 0):
+#         mov rax, 0x1122334455667788; movq xmm3, rax; out 0xf4, eax
+#         xor eax, eax; movq rax, xmm3; shr rax, 32; out 0xf4, eax
+#                                  (keeps a value in xmm3 across a debug exit, then reports it)
+LONG_XMM3_ACROSS_AN_EXIT = bytes.fromhex(
+    "48b8887766554433221166480f6ed8e7f431c066480f7ed848c1e820e7f4"
+)

@@ -16,7 +16,9 @@ from ._core import (
     Segment,
     Sregs,
     Vcpu,
+    VcpuState,
     Vm,
+    VmState,
     __version__,
 )
 from .config import ConfigError, DeviceSpec, VMConfig
@@ -79,7 +81,9 @@ __all__ = [
     "Vcpu",
     "VcpuBusyError",
     "VcpuExitError",
+    "VcpuState",
     "Vm",
+    "VmState",
     "VmmError",
     "__version__",
     "devices",

@@ -4,8 +4,20 @@ built into the Rust core, whose guest accesses never enter Python."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
-from ._core import I8042, BuiltinDevice, DebugExit, DeviceInfo, PmTimer, PowerControl, Serial, Sink
+from ._core import (
+    I8042,
+    BuiltinDevice,
+    DebugExit,
+    DeviceInfo,
+    PmTimer,
+    PowerControl,
+    Serial,
+    Sink,
+    restore_device_state,
+    save_device_state,
+)
 from .description import DeviceDescription
 
 
@@ -30,6 +42,11 @@ class Device(ABC):
       ``pyfastvm.description.DeviceDescription`` (its DSDT terms and kernel
       arguments); ``info`` is its ``DeviceInfo`` (id, range, gsi). The
       default tells nothing.
+    - ``snapshot()`` and ``restore(state)``: a device with state implements
+      both, which a snapshot of the VM calls (through
+      ``pyfastvm.devices.save_device_state`` and ``restore_device_state``)
+      while the vCPUs are paused. Without them (as in these defaults) a
+      device keeps no state.
     """
 
     @abstractmethod
@@ -44,6 +61,17 @@ class Device(ABC):
         """What the guest learns of this device; nothing by default."""
         return DeviceDescription()
 
+    def snapshot(self) -> dict[str, Any]:
+        """Return the device's state as JSON-compatible data (dicts with str
+        keys, lists, str, int, float, bool, None), for ``restore`` on a new
+        device of the same kind in a restored VM."""
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back a state ``snapshot`` returned."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, but was given {state!r}")
+
 
 __all__ = [
     "I8042",
@@ -54,4 +82,6 @@ __all__ = [
     "PowerControl",
     "Serial",
     "Sink",
+    "restore_device_state",
+    "save_device_state",
 ]

@@ -11,6 +11,7 @@ mod exit;
 mod kvm;
 mod memory;
 mod regs;
+mod state;
 mod vcpu;
 mod vm;
 mod worker;
@@ -36,6 +37,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<regs::DTable>()?;
     m.add_class::<regs::Fpu>()?;
     m.add_class::<regs::CpuidEntry>()?;
+    m.add_class::<state::python::PyVcpuState>()?;
+    m.add_class::<state::python::PyVmState>()?;
     devices::register_builtins(m)?;
     for (name, exception) in [
         ("VmmError", py.get_type::<error::VmmError>()),

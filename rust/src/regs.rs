@@ -253,7 +253,7 @@ impl Sregs {
 
 /// x87 and SSE state (struct kvm_fpu); `fpr` and `xmm` are lists of 16-byte registers.
 #[pyclass(get_all, set_all, module = "pyfastvm", from_py_object)]
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Fpu {
     pub fpr: Vec<[u8; 16]>,
     pub fcw: u16,

@@ -18,10 +18,11 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::assist::ExitAssists;
 use crate::device_manager::{AddressSpace, DeviceInfo, DeviceManager, Registration};
-use crate::devices::{BuiltinDevice, Device, PythonDevice};
+use crate::devices::as_device;
 use crate::error::{Error, Result};
 use crate::kvm::Kvm;
 use crate::memory::{self, Backing, PyGuestMemory, Ram};
+use crate::state::python::PyVmState;
 use crate::vcpu::{Request, Vcpu, VcpuShared};
 use crate::worker::WorkerControl;
 
@@ -63,10 +64,7 @@ impl VmShared {
         gsi: Option<u32>,
     ) -> Result<DeviceInfo> {
         let (space, base, length) = placement;
-        let rust_device: Arc<dyn Device> = match device.cast::<BuiltinDevice>() {
-            Ok(builtin) => builtin.get().device.clone(),
-            Err(_) => Arc::new(PythonDevice::new(device)?),
-        };
+        let rust_device = as_device(device)?;
         let interrupt = rust_device.interrupt_fd();
         let registered = self.devices_mut().add(Registration {
             id,
@@ -430,6 +428,18 @@ impl Vm {
             .devices()
             .workers()
             .for_each(WorkerControl::resume);
+    }
+
+    /// Saves the in-kernel PICs, I/O APIC, PIT and kvmclock (see
+    /// pyfastvm.VmState). Stop the vCPUs first.
+    fn save_state(&self) -> Result<PyVmState> {
+        crate::state::vm::save(&self.shared.vm_fd).map(PyVmState)
+    }
+
+    /// Puts them back: into a VM with the same in-kernel devices created,
+    /// before its vCPUs run.
+    fn restore_state(&self, state: PyRef<'_, PyVmState>) -> Result<()> {
+        crate::state::vm::restore(&self.shared.vm_fd, &state.0)
     }
 
     fn __repr__(&self) -> String {

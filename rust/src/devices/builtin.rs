@@ -70,6 +70,17 @@ impl BuiltinDevice {
         self.device.write(offset, data).map(|_| ())
     }
 
+    /// The device's state as a JSON-compatible dict, for a snapshot.
+    fn save_state<'py>(slf: &Bound<'py, Self>) -> Result<Bound<'py, PyAny>> {
+        super::save_device_state(slf.as_any())
+    }
+
+    /// Puts the device back in a state `save_state` returned, e.g. a new
+    /// device of the same kind in a restored VM.
+    fn restore_state(slf: &Bound<'_, Self>, state: &Bound<'_, PyAny>) -> Result<()> {
+        super::restore_device_state(slf.as_any(), state)
+    }
+
     fn __repr__(&self) -> String {
         format!("{}()", self.device.kind())
     }
@@ -113,5 +124,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<super::i8042::PyI8042>()?;
     m.add_class::<super::pm_timer::PyPmTimer>()?;
     m.add_class::<super::power_control::PyPowerControl>()?;
+    m.add_function(wrap_pyfunction!(super::save_device_state, m)?)?;
+    m.add_function(wrap_pyfunction!(super::restore_device_state, m)?)?;
     Ok(())
 }

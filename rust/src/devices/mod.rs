@@ -7,11 +7,16 @@ mod pm_timer;
 mod power_control;
 mod python;
 mod serial;
+mod serial_state;
+mod state;
 
-pub use builtin::{register as register_builtins, BuiltinDevice};
+pub use builtin::register as register_builtins;
 #[cfg(test)]
 pub use builtin::{DebugExit, Sink};
-pub use python::PythonDevice;
+pub use python::as_device;
+pub use state::{restore_device_state, save_device_state};
+
+use serde_json::Value;
 
 use std::os::fd::RawFd;
 
@@ -55,6 +60,18 @@ pub trait Device: Send + Sync {
     fn worker(&self) -> Option<&WorkerControl> {
         None
     }
+
     fn read(&self, offset: u64, data: &mut [u8]) -> Result<IoAction>;
     fn write(&self, offset: u64, data: &[u8]) -> Result<IoAction>;
+
+    /// The device's state for a snapshot, as JSON; `{}` for a device that
+    /// keeps none.
+    fn save_state(&self) -> Result<Value> {
+        Ok(state::no_state())
+    }
+
+    /// Puts the device back in a state `save_state` returned.
+    fn restore_state(&self, state: &Value) -> Result<()> {
+        state::expect_no_state(&self.kind(), state)
+    }
 }

@@ -1,13 +1,27 @@
 //! A device written in Python: any object with `read(offset, size) -> bytes`
-//! and `write(offset, data) -> None`.
+//! and `write(offset, data) -> None`, and optionally `snapshot() -> dict`
+//! and `restore(state)`.
 
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyBytesMethods};
+use serde_json::Value;
 
-use super::{Device, IoAction};
+use super::builtin::BuiltinDevice;
+use super::{state, Device, IoAction};
 use crate::error::{Error, Result};
+use crate::state::pyjson;
+
+/// The Rust device behind a Python object: a built-in device itself, or an
+/// adapter calling a Python device's methods.
+pub fn as_device(object: &Bound<'_, PyAny>) -> Result<Arc<dyn Device>> {
+    Ok(match object.cast::<BuiltinDevice>() {
+        Ok(builtin) => builtin.get().device.clone(),
+        Err(_) => Arc::new(PythonDevice::new(object)?),
+    })
+}
 
 pub struct PythonDevice {
     name: String,
@@ -15,6 +29,8 @@ pub struct PythonDevice {
     write: Py<PyAny>,
     /// Its `irq_fd` attribute: an eventfd it signals its interrupt on.
     irq_fd: Option<RawFd>,
+    snapshot: Option<Py<PyAny>>,
+    restore: Option<Py<PyAny>>,
 }
 
 impl PythonDevice {
@@ -35,10 +51,19 @@ impl PythonDevice {
             Ok(fd) => Some(fd.extract::<RawFd>()?),
             Err(_) => None,
         };
+        let optional = |attr: &str| {
+            object
+                .getattr(attr)
+                .ok()
+                .filter(|m| m.is_callable())
+                .map(Bound::unbind)
+        };
         Ok(PythonDevice {
             read: method("read")?,
             write: method("write")?,
             irq_fd,
+            snapshot: optional("snapshot"),
+            restore: optional("restore"),
             name,
         })
     }
@@ -91,6 +116,28 @@ impl Device for PythonDevice {
             self.write.call1(py, (offset, PyBytes::new(py, data)))?;
             py.check_signals()?;
             Ok(IoAction::Continue)
+        })
+    }
+
+    /// `snapshot()`, which must return JSON-compatible data; a device
+    /// without one keeps no state.
+    fn save_state(&self) -> Result<Value> {
+        let Some(snapshot) = &self.snapshot else {
+            return Ok(state::no_state());
+        };
+        Python::attach(|py| {
+            let saved = snapshot.call0(py)?;
+            pyjson::from_python(saved.bind(py), &format!("{}.snapshot()", self.name))
+        })
+    }
+
+    fn restore_state(&self, saved: &Value) -> Result<()> {
+        let Some(restore) = &self.restore else {
+            return state::expect_no_state(&self.name, saved);
+        };
+        Python::attach(|py| {
+            restore.call1(py, (pyjson::to_python(py, saved)?,))?;
+            Ok(())
         })
     }
 }

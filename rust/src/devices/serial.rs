@@ -8,18 +8,23 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use vm_superio::serial::{Error as SerialError, NoEvents};
 use vm_superio::{Serial as Uart, Trigger};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use serde_json::Value;
+
 use super::builtin::{initializer, BuiltinDevice};
-use super::{Device, IoAction};
+use super::serial_state::SerialSnapshot;
+use super::{state, Device, IoAction};
 use crate::error::{Error, Result};
 
 /// Output kept when nobody drains it; older bytes are dropped beyond this.
 const OUTPUT_LIMIT: usize = 4 << 20;
 
 /// The UART's interrupt line: an eventfd that KVM turns into an IRQ edge.
-pub struct IrqTrigger(pub EventFd);
+/// Shared, so a UART rebuilt from saved state signals the same eventfd.
+pub struct IrqTrigger(pub Arc<EventFd>);
 
 impl Trigger for IrqTrigger {
     type E = io::Error;
@@ -70,30 +75,28 @@ impl io::Write for OutputWriter {
     }
 }
 
+type SerialUart = Uart<IrqTrigger, NoEvents, OutputWriter>;
+
 pub struct SerialDevice {
-    uart: Mutex<Uart<IrqTrigger, vm_superio::serial::NoEvents, OutputWriter>>,
+    uart: Mutex<SerialUart>,
     output: Arc<Output>,
-    irq_fd: RawFd,
+    irq: Arc<EventFd>,
 }
 
 impl SerialDevice {
     fn new() -> Result<Self> {
         let io_error = |e: io::Error| Error::Device(format!("cannot create the serial port: {e}"));
         let output = Arc::new(Output::new().map_err(io_error)?);
-        let irq = EventFd::new(EFD_NONBLOCK).map_err(io_error)?;
-        let irq_fd = irq.as_raw_fd();
-        let uart = Uart::new(IrqTrigger(irq), OutputWriter(output.clone()));
+        let irq = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io_error)?);
+        let uart = Uart::new(IrqTrigger(irq.clone()), OutputWriter(output.clone()));
         Ok(SerialDevice {
             uart: Mutex::new(uart),
             output,
-            irq_fd,
+            irq,
         })
     }
 
-    fn uart(
-        &self,
-    ) -> std::sync::MutexGuard<'_, Uart<IrqTrigger, vm_superio::serial::NoEvents, OutputWriter>>
-    {
+    fn uart(&self) -> std::sync::MutexGuard<'_, SerialUart> {
         self.uart.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -104,7 +107,7 @@ impl Device for SerialDevice {
     }
 
     fn interrupt_fd(&self) -> Option<RawFd> {
-        Some(self.irq_fd)
+        Some(self.irq.as_raw_fd())
     }
 
     fn read(&self, offset: u64, data: &mut [u8]) -> Result<IoAction> {
@@ -120,10 +123,35 @@ impl Device for SerialDevice {
             .map_err(|e| Error::Device(format!("serial port write failed: {e:?}")))?;
         Ok(IoAction::Continue)
     }
+
+    /// The registers and the received bytes the guest has not read; output
+    /// not yet drained stays with this device.
+    fn save_state(&self) -> Result<Value> {
+        state::to_state("Serial", &SerialSnapshot(self.uart().state()))
+    }
+
+    /// Rebuilds the UART from `saved`, raising its interrupt if one was due.
+    fn restore_state(&self, saved: &Value) -> Result<()> {
+        let SerialSnapshot(saved) = state::from_state("Serial", saved)?;
+        let uart = Uart::from_state(
+            &saved,
+            IrqTrigger(self.irq.clone()),
+            NoEvents,
+            OutputWriter(self.output.clone()),
+        )
+        .map_err(|e| match e {
+            SerialError::FullFifo => Error::Argument(
+                "a Serial state holds at most 64 unread bytes, what its FIFO holds".into(),
+            ),
+            other => Error::Device(format!("cannot restore the serial port: {other:?}")),
+        })?;
+        *self.uart() = uart;
+        Ok(())
+    }
 }
 
-/// `pyfastvm.devices.Serial()`: a 16550A UART. Put it on ports 0x3f8-0x3ff,
-/// connect `irq_fd` to IRQ 4 with `vm.register_irqfd`, and drain what the
+/// `pyfastvm.devices.Serial()`: a 16550A UART. Put it on ports 0x3f8-0x3ff
+/// with `gsi=4` (its `irq_fd` is then connected to IRQ 4), and drain what the
 /// guest transmits with `read_output()` (whenever `output_fd` is readable).
 #[pyclass(extends = BuiltinDevice, frozen, module = "pyfastvm.devices", name = "Serial")]
 pub struct PySerial {
@@ -156,7 +184,7 @@ impl PySerial {
     /// The eventfd the UART signals its interrupt on (for `vm.register_irqfd`).
     #[getter]
     fn irq_fd(&self) -> RawFd {
-        self.serial.irq_fd
+        self.serial.irq.as_raw_fd()
     }
 
     /// Queues `data` as received bytes; returns how many fit in the 64-byte FIFO.

@@ -4,6 +4,7 @@
 mod kick;
 mod run_area;
 mod run_loop;
+mod state;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -20,6 +21,8 @@ use run_area::RunArea;
 use crate::error::{Error, Result};
 use crate::exit::Exit;
 use crate::regs::{CpuidEntry, Fpu, Regs, Sregs};
+use crate::state::msrs::read_some;
+use crate::state::python::PyVcpuState;
 use crate::vm::VmShared;
 
 /// What another thread asked of a running vCPU; a stop outranks a pause.
@@ -190,19 +193,9 @@ impl Vcpu {
 
     /// Reads the given MSRs; returns {index: value}.
     fn get_msrs(&self, indices: Vec<u32>) -> Result<BTreeMap<u32, u64>> {
-        let entries: Vec<kvm_msr_entry> = indices
-            .iter()
-            .map(|&index| kvm_msr_entry {
-                index,
-                ..Default::default()
-            })
-            .collect();
-        let mut msrs = msr_list(&entries)?;
-        let read = self
-            .shared
-            .with_fd(|fd| fd.get_msrs(&mut msrs).map_err(Error::kvm("KVM_GET_MSRS")))?;
+        let (read, entries) = self.shared.with_fd(|fd| read_some(fd, &indices))?;
         check_msr_count("read", read, &entries)?;
-        Ok(msrs.as_slice().iter().map(|e| (e.index, e.data)).collect())
+        Ok(entries.iter().map(|e| (e.index, e.data)).collect())
     }
 
     /// Writes {index: value} to the MSRs; every one must be accepted.
@@ -282,18 +275,33 @@ impl Vcpu {
         })
     }
 
+    /// Saves the whole vCPU state (see pyfastvm.VcpuState), after completing
+    /// any PIO or MMIO exit it stopped at. The vCPU must not be running.
+    fn save_state(&self) -> Result<PyVcpuState> {
+        self.shared.save_state().map(PyVcpuState)
+    }
+
+    /// Puts the vCPU in a saved state, e.g. a fresh vCPU of a new Vm.
+    fn restore_state(&self, state: PyRef<'_, PyVcpuState>) -> Result<()> {
+        self.shared.restore_state(&state.0)
+    }
+
     fn __repr__(&self) -> String {
         format!("Vcpu(index={})", self.shared.index)
     }
 }
 
-fn msr_list(entries: &[kvm_msr_entry]) -> Result<Msrs> {
+pub(crate) fn msr_list(entries: &[kvm_msr_entry]) -> Result<Msrs> {
     Msrs::from_entries(entries)
         .map_err(|_| Error::Argument(format!("too many MSRs in one call: {}", entries.len())))
 }
 
 /// KVM_GET/SET_MSRS stop at the first MSR they refuse; name it.
-fn check_msr_count(verb: &'static str, done: usize, entries: &[kvm_msr_entry]) -> Result<()> {
+pub(crate) fn check_msr_count(
+    verb: &'static str,
+    done: usize,
+    entries: &[kvm_msr_entry],
+) -> Result<()> {
     match entries.get(done) {
         None => Ok(()),
         Some(refused) => Err(Error::MsrRefused {
