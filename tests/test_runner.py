@@ -6,7 +6,9 @@ kernel code runs through KVM's instruction emulator."""
 
 from __future__ import annotations
 
+import functools
 import re
+import shutil
 import threading
 
 import pytest
@@ -16,6 +18,7 @@ import pyfastvm
 from pyfastvm.guest.debian import debian_kernel, debian_kernel_release
 from pyfastvm.guest.minimal_kernel import minimal_kernel
 from pyfastvm.host import host_profile
+from pyfastvm.ready_snapshots import snapshot_path
 
 # The stock kernel needs minutes of guest time to reach its init under KVM's
 # instruction emulator on a PVM host; a fraction of a second on hardware KVM.
@@ -83,3 +86,18 @@ def test_a_guest_that_never_ends_times_out_says_where_it_was_and_is_torn_down() 
     assert where.strip() and where != "(nothing)"
     if host_profile().is_pvm:  # 3 s is not enough to boot there
         assert "give it a longer timeout" in str(caught.value)
+
+
+def test_a_ready_snapshot_answers_later_runs_without_booting() -> None:
+    """snapshot=True: the first run boots and keeps the waiting guest in the
+    cache; the next restores it and runs its own command there."""
+    kernel = minimal_kernel()
+    shutil.rmtree(snapshot_path(pyfastvm.VMConfig(kernel=kernel)), ignore_errors=True)
+    run = functools.partial(
+        pyfastvm.run, kernel=kernel, snapshot=True, timeout=MINIMAL_BOOT_TIMEOUT
+    )
+    first = run(["echo", "first"])
+    second = run(["sh", "-c", "echo second; exit 4"])
+    assert (first.restored, first.exit_code, first.stdout) == (False, 0, b"first\n")
+    assert (second.restored, second.exit_code, second.stdout) == (True, 4, b"second\n")
+    assert second.stop_reason == "poweroff"

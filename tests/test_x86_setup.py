@@ -13,6 +13,8 @@ from pyfastvm.x86.cpuid import (
     HYPERCALL_FEATURES,
     KVM_FEATURES_LEAF,
     KVM_SIGNATURE_LEAF,
+    cpu_vendor,
+    missing_features,
     vcpu_cpuid,
 )
 from pyfastvm.x86.lapic import APIC_LVT_LINT0, APIC_LVT_LINT1, wire_local_interrupts
@@ -116,3 +118,16 @@ def test_kernel_cmdline_is_pyfastvms_then_the_machines_then_the_users() -> None:
     line = kernel_cmdline("quiet", extra_args=PVM.kernel_args)
     assert "noxsave" in line and "clearcpuid=" in line and "nowatchdog" in line
     assert line.startswith("panic=-1") and line.endswith("quiet")
+
+
+def test_features_the_host_lacks_are_named() -> None:
+    """A snapshot's guest restores only where every feature it was given is
+    offered; the bits pyfastvm or KVM set themselves do not count."""
+    host = [pyfastvm.CpuidEntry(function=7, index=0, ebx=0b0101), pyfastvm.CpuidEntry(function=1)]
+    guest = [
+        pyfastvm.CpuidEntry(function=7, index=0, ebx=0b0111),
+        pyfastvm.CpuidEntry(function=1, ecx=1 << 31 | 1 << 27, edx=1 << 28 | 1 << 9),
+    ]
+    assert missing_features(guest, host) == ["leaf 0x7.0 ebx 0x2"]
+    assert missing_features(host, host) == []
+    assert cpu_vendor(pyfastvm.Kvm().supported_cpuid()) in ("GenuineIntel", "AuthenticAMD")

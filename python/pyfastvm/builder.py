@@ -64,7 +64,8 @@ class BuildContext:
 
 def create_vm(ctx: BuildContext) -> None:
     # Ports nobody claims read as 0xff, as on a PC, so probes find nothing.
-    ctx.created_vm = Vm(ctx.config.memory_bytes, ignore_unclaimed=True)
+    # RAM on a memfd, so the guest can become a template (MicroVM.freeze).
+    ctx.created_vm = Vm(ctx.config.memory_bytes, ignore_unclaimed=True, shared_memory=True)
 
 
 def drop_vm(ctx: BuildContext) -> None:

@@ -8,7 +8,8 @@ import io
 import select
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import IO
 
@@ -18,11 +19,14 @@ from .config import VMConfig
 from .errors import GuestTimeoutError, VcpuExitError
 from .guest.console_protocol import INIT_MILESTONE, PANIC_TEXT
 from .init_chain import InitChain
+from .snapshot import Snapshot, capture, restore_chain, restored_config, save
 
 ConsoleSink = Callable[[bytes], object] | IO[bytes] | IO[str] | None
 
 # How often the console pump looks at its stop flag while the guest is silent.
 CONSOLE_POLL_SECONDS = 0.1
+# How long typed input waits for the guest to drain the UART's 64-byte FIFO.
+CONSOLE_INPUT_WAIT = 0.002
 
 # Exits that end the machine; MicroVM.stop_reason is the exit's reason.
 MACHINE_ENDING = frozenset({
@@ -89,17 +93,85 @@ class MicroVM:
         self.error: BaseException | None = None
         self.started_at: float | None = None
         self.milestones: dict[str, float] = {}
+        # Started from a snapshot (MicroVM.restore) rather than booted.
+        self.restored = False
 
     # -- life cycle -----------------------------------------------------------
 
-    def start(self) -> MicroVM:
-        """Runs the init chain, then starts the vCPUs and the console pump."""
+    def start(self, *, paused: bool = False) -> MicroVM:
+        """Runs the init chain, then starts the vCPUs (parked at once with
+        `paused`, until `resume()`) and the console pump."""
         self.chain.run(self.context)
         self.started_at = time.monotonic()
+        if paused:
+            self._pause_wanted = True
+            self.context.vm.pause()
         self._spawn("console", self._pump_console)
         for vcpu in self.context.vcpus:
             self._spawn(f"vcpu{vcpu.index}", functools.partial(self._run_vcpu, vcpu))
         return self
+
+    @classmethod
+    def restore(
+        cls,
+        source: Snapshot | Path | str,
+        *,
+        console: ConsoleSink = None,
+        paused: bool = False,
+        devices: Mapping[str, object] | None = None,
+    ) -> MicroVM:
+        """A MicroVM started (or `paused`) from a snapshot directory or a
+        `Snapshot` (a template from `freeze()`), its RAM the snapshot's,
+        copy-on-write. A device written in Python comes from `devices`, by
+        its id; built-in ones are rebuilt."""
+        if not isinstance(source, Snapshot):
+            with Snapshot.load(source) as snapshot:
+                return cls.restore(snapshot, console=console, paused=paused, devices=devices)
+        machine = cls(
+            restored_config(source),
+            console=console,
+            init_chain=restore_chain(source, devices or {}),
+        )
+        machine.restored = True
+        return machine.start(paused=paused)
+
+    def snapshot(self, path: Path | str, *, resume: bool = True) -> None:
+        """Writes the whole guest to directory `path` (see pyfastvm.snapshot),
+        paused meanwhile; it runs on afterwards unless `resume` is False or it
+        was paused already. If the snapshot cannot be written, the guest is
+        left as it was and SnapshotError says why."""
+        was_paused = self.paused
+        self.pause()
+        try:
+            save(self.context.vm, self.context.vcpus, path, config=self._booted())
+        finally:
+            if resume and not was_paused:
+                self.resume()
+
+    def freeze(self) -> Snapshot:
+        """Turns the guest into a template: its state is kept in memory, its
+        RAM becomes the template's, and the MicroVM is closed. Each
+        `template.clone()` starts a new MicroVM from it in milliseconds; the
+        clones share every page of RAM none of them wrote."""
+        self.pause()
+        try:
+            template = capture(self.context.vm, self.context.vcpus, config=self._booted())
+        except BaseException:
+            self.resume()
+            raise
+        self.close()
+        return template
+
+    def _booted(self) -> dict[str, object]:
+        """What was booted, as a snapshot's metadata records it."""
+        config = self.config
+        return {
+            "kernel": str(config.kernel) if config.kernel else None,
+            "initrd": str(config.initrd) if config.initrd else None,
+            "cmdline": self.context.cmdline or config.cmdline,
+            "memory": config.memory_bytes,
+            "vcpus": config.vcpus,
+        }
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=f"pyfastvm-{name}", daemon=True)
@@ -158,7 +230,8 @@ class MicroVM:
         self.chain.teardown(self.context)
 
     def __enter__(self) -> MicroVM:
-        return self.start()
+        """Starts the guest, unless it runs already (a restored one)."""
+        return self if self.started_at is not None else self.start()
 
     def __exit__(
         self,
@@ -244,7 +317,7 @@ class MicroVM:
             taken = serial.write_input(data)
             data = data[taken:]
             if data:
-                time.sleep(0.01)
+                time.sleep(CONSOLE_INPUT_WAIT)
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
         """Waits, re-checking whenever console output arrives, until

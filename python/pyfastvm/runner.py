@@ -16,6 +16,7 @@ from .guest.debian import busybox_static, debian_kernel
 from .guest.initramfs import build_initramfs
 from .host import host_profile
 from .microvm import ConsoleSink, MicroVM, console_writer
+from .ready_snapshots import ready_machine, send_command
 
 DEFAULT_TIMEOUT = 600.0
 # After the guest has reported, how long it may take to power itself off.
@@ -36,6 +37,8 @@ class RunResult:
     # What the VMM's exit assists completed for the guest, by kind (none on
     # hardware KVM; on KVM on PVM every system call, for one).
     exit_assists: dict[str, int]
+    # The guest came from a ready snapshot rather than a boot (snapshot=True).
+    restored: bool = False
 
 
 def run(
@@ -48,10 +51,16 @@ def run(
     cmdline: str = "",
     timeout: float = DEFAULT_TIMEOUT,
     console: ConsoleSink = None,
+    snapshot: bool = False,
 ) -> RunResult:
     """Boots `kernel` (by default this host's: see `default_kernel`) with
     `initrd` (if given, its files come first) plus pyfastvm's busybox runner,
-    runs `command` as the guest's only program and returns its result."""
+    runs `command` as the guest's only program and returns its result.
+
+    With `snapshot`, the guest is booted once per kernel, initrd, command
+    line, memory and vCPUs, kept ready as a snapshot in the cache, and every
+    later run restores it in milliseconds instead of booting
+    (pyfastvm.ready_snapshots)."""
     config = VMConfig(
         kernel=Path(kernel) if kernel is not None else default_kernel(),
         initrd=Path(initrd) if initrd is not None else None,
@@ -62,8 +71,6 @@ def run(
     )
     nonce = new_nonce()
     protocol = ConsoleProtocol(nonce)
-    overlay = build_initramfs(list(command), nonce=nonce, busybox=busybox_static())
-
     user_console = console_writer(console)
 
     def on_console(data: bytes) -> None:
@@ -71,7 +78,13 @@ def run(
         if user_console is not None:
             user_console(data)
 
-    with MicroVM(config, console=on_console, initrd_overlay=overlay) as machine:
+    if snapshot:
+        machine = ready_machine(config, timeout=timeout, console=on_console)
+        send_command(machine, list(command), nonce=nonce)
+    else:
+        overlay = build_initramfs(list(command), nonce=nonce, busybox=busybox_static())
+        machine = MicroVM(config, console=on_console, initrd_overlay=overlay).start()
+    with machine:
         stop_reason = _wait_for_report(machine, protocol, timeout)
         assists = machine.exit_assist_counts()
     return _result(machine, protocol, stop_reason, assists)
@@ -116,6 +129,7 @@ def _result(
         boot_time=machine.milestones.get(INIT_MILESTONE, 0.0),
         stop_reason=stop_reason,
         exit_assists=assists,
+        restored=machine.restored,
     )
 
 

@@ -30,6 +30,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<exit::ExitReason>()?;
     m.add_class::<device_manager::DeviceInfo>()?;
     m.add_function(wrap_pyfunction!(memory::ram_layout, m)?)?;
+    m.add_function(wrap_pyfunction!(memory::dump_ram_file, m)?)?;
     m.add_class::<memory::PyGuestMemory>()?;
     m.add_class::<regs::Regs>()?;
     m.add_class::<regs::Sregs>()?;

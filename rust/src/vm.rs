@@ -22,6 +22,7 @@ use crate::devices::as_device;
 use crate::error::{Error, Result};
 use crate::kvm::Kvm;
 use crate::memory::{self, Backing, PyGuestMemory, Ram};
+use crate::state::pyjson;
 use crate::state::python::PyVmState;
 use crate::vcpu::{Request, Vcpu, VcpuShared};
 use crate::worker::WorkerControl;
@@ -128,6 +129,9 @@ pub struct Vm {
     memory: Py<PyGuestMemory>,
     /// The memfd or file behind RAM; closed after the mappings are gone.
     memory_file: Option<File>,
+    /// "anonymous", "shared" (a memfd it owns) or "copy_on_write" (a file).
+    memory_backing: &'static str,
+    gsi_routes: Mutex<Vec<(u32, String, u32)>>,
     vcpus: Mutex<Vec<Arc<VcpuShared>>>,
 }
 
@@ -153,11 +157,11 @@ impl Vm {
             Some(kvm) => kvm,
             None => Py::new(py, Kvm::open("/dev/kvm")?)?,
         };
-        let backing =
+        let (backing, memory_backing) =
             match (memory_from, shared_memory) {
-                (Some(fd), false) => Backing::CopyOnWrite(memory::dup_file(fd)?),
-                (None, true) => Backing::Memfd,
-                (None, false) => Backing::Anonymous,
+                (Some(fd), false) => (Backing::CopyOnWrite(memory::dup_file(fd)?), "copy_on_write"),
+                (None, true) => (Backing::Memfd, "shared"),
+                (None, false) => (Backing::Anonymous, "anonymous"),
                 (Some(_), true) => return Err(Error::Argument(
                     "memory_from maps a file privately; shared_memory needs fresh RAM: give one"
                         .into(),
@@ -187,6 +191,8 @@ impl Vm {
             shared,
             memory,
             memory_file: file,
+            memory_backing,
+            gsi_routes: Mutex::new(Vec::new()),
             vcpus: Mutex::new(Vec::new()),
         })
     }
@@ -196,6 +202,14 @@ impl Vm {
     #[getter]
     fn memory_fd(&self) -> Option<RawFd> {
         self.memory_file.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    /// How guest RAM is backed: "anonymous", "shared" (on `memory_fd`, which
+    /// holds the guest's writes) or "copy_on_write" (`memory_fd` holds what
+    /// it started from; its writes are its own).
+    #[getter]
+    fn memory_backing(&self) -> &'static str {
+        self.memory_backing
     }
 
     /// The /dev/kvm handle this VM was created from.
@@ -302,6 +316,31 @@ impl Vm {
             .unwrap_or_default()
     }
 
+    /// What the exit assists learned of the guest (e.g. where the SYSCALL
+    /// hook is), for a snapshot; {} without assists.
+    fn exit_assist_state<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyAny>> {
+        let state = match self.shared.assists() {
+            Some(assists) => assists.save_state()?,
+            None => serde_json::Value::Object(Default::default()),
+        };
+        Ok(pyjson::to_python(py, &state)?)
+    }
+
+    /// Gives the exit assists back what `exit_assist_state` returned; after
+    /// `enable_exit_assists`, before the guest runs.
+    fn restore_exit_assist_state(&self, state: &Bound<'_, PyAny>) -> Result<()> {
+        let state = pyjson::from_python(state, "the exit assist state")?;
+        match self.shared.assists() {
+            Some(assists) => assists.restore_state(&state),
+            None if state.as_object().is_some_and(|m| m.is_empty()) => Ok(()),
+            None => Err(Error::Argument(
+                "this VM has no exit assists to restore a state into: call \
+                 enable_exit_assists first, on a host of the snapshot's kind"
+                    .into(),
+            )),
+        }
+    }
+
     /// How often the exit assists did each kind of work, over all vCPUs.
     fn exit_assist_counts(&self) -> BTreeMap<&'static str, u64> {
         self.shared
@@ -350,7 +389,21 @@ impl Vm {
         self.shared
             .vm_fd
             .set_gsi_routing(&routing)
-            .map_err(Error::kvm("KVM_SET_GSI_ROUTING"))
+            .map_err(Error::kvm("KVM_SET_GSI_ROUTING"))?;
+        *self
+            .gsi_routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = routes;
+        Ok(())
+    }
+
+    /// The routes last given to `set_gsi_routing` (KVM cannot be asked).
+    #[getter]
+    fn gsi_routing(&self) -> Vec<(u32, String, u32)> {
+        self.gsi_routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Sends a message-signalled interrupt (KVM_SIGNAL_MSI): `address` and

@@ -32,6 +32,8 @@ from typing import NoReturn
 from pyfastvm.guest.errors import ConsoleFrameError, ConsoleProtocolError
 
 MARKER = "@@PYFASTVM"
+# What a serving guest prints once it waits for its command (init_script).
+READY = "@@PYFASTVM-READY"
 DATA_LINE_CHARS = 128
 NONCE_PATTERN = re.compile(r"[0-9a-f]{8,64}")
 PANIC_TEXT = "Kernel panic - not syncing: "

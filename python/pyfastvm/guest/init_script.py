@@ -15,12 +15,18 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 
-from pyfastvm.guest.console_protocol import DATA_LINE_CHARS, MARKER, check_nonce, encode_frame
+from pyfastvm.guest.console_protocol import (
+    DATA_LINE_CHARS,
+    MARKER,
+    READY,
+    check_nonce,
+    encode_frame,
+)
 
 REPORT_PATH = "/pyfastvm/report"
 OUTPUT_PATH = "/tmp/pyfastvm-output"
 GUEST_PATH = "/bin:/sbin:/usr/bin:/usr/sbin"
-INIT_APPLETS = ("sh", "mount", "base64", "awk", "sync", "poweroff", "reboot")
+INIT_APPLETS = ("sh", "mount", "base64", "awk", "sync", "poweroff", "reboot", "stty")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # Frames DATA lines and the final EXIT line; see console_protocol.encode_frame.
@@ -63,20 +69,49 @@ def report_script() -> str:
     )
 
 
-def init_script(command: Sequence[str], *, nonce: str, env: Mapping[str, str] | None = None) -> str:
-    """The guest's ``/init``: run ``command`` once, report, power off."""
-    check_nonce(nonce)
-    begin = encode_frame(nonce, 0, "BEGIN")
-    return f"""#!/bin/sh
-# pyfastvm guest init (generated): run one command, report its output and
-# exit status on the console, power the VM off.
-export PATH={GUEST_PATH} HOME=/root TERM=linux
+SETUP = f"""export PATH={GUEST_PATH} HOME=/root TERM=linux
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 /bin/busybox --install -s /bin 2>/dev/null
 cd /
-printf '\\n%s\\n' {shlex.quote(begin)}
+"""
+COMMAND_PATH = "/tmp/pyfastvm-command"
+
+
+def init_script(command: Sequence[str], *, nonce: str, env: Mapping[str, str] | None = None) -> str:
+    """The guest's ``/init``: run ``command`` once, report, power off."""
+    return (
+        "#!/bin/sh\n# pyfastvm guest init (generated): run one command, report its output\n"
+        "# and exit status on the console, power the VM off.\n"
+        + SETUP
+        + command_script(command, nonce=nonce, env=env)
+    )
+
+
+def serving_init_script() -> str:
+    """A ``/init`` that boots, says READY on the console and waits there for
+    its command (a line ``NONCE BASE64-SCRIPT``, the script from
+    `command_script`), which it then runs: a guest snapshotted while it
+    waits answers any later command without booting again."""
+    return f"""#!/bin/sh
+# pyfastvm guest init (generated): wait for a command on the console.
+{SETUP}stty -echo -icanon min 1 < /dev/console
+printf '\\n%s\\n' {READY}
+read -r nonce script < /dev/console
+printf '%s' "$script" | base64 -d > {COMMAND_PATH}
+exec /bin/sh {COMMAND_PATH}
+"""
+
+
+def command_script(
+    command: Sequence[str], *, nonce: str, env: Mapping[str, str] | None = None
+) -> str:
+    """Run ``command`` once, report its output and exit status on the
+    console with ``nonce``, power the VM off."""
+    check_nonce(nonce)
+    begin = encode_frame(nonce, 0, "BEGIN")
+    return f"""printf '\\n%s\\n' {shlex.quote(begin)}
 ({_command_line(command, env or {})}) </dev/null >{OUTPUT_PATH} 2>&1
 status=$?
 /bin/sh {REPORT_PATH} {nonce} "$status" {OUTPUT_PATH}

@@ -23,7 +23,13 @@ from pathlib import Path
 from pyfastvm.guest.cpio import CpioEntry, write_cpio
 from pyfastvm.guest.debian import busybox_static
 from pyfastvm.guest.errors import GuestImageError
-from pyfastvm.guest.init_script import INIT_APPLETS, REPORT_PATH, init_script, report_script
+from pyfastvm.guest.init_script import (
+    INIT_APPLETS,
+    REPORT_PATH,
+    init_script,
+    report_script,
+    serving_init_script,
+)
 
 ELF_MAGIC = b"\x7fELF"
 PT_INTERP = 3
@@ -49,6 +55,13 @@ def build_initramfs(
     return write_cpio(initramfs_entries(command, nonce=nonce, busybox=binary, env=env))
 
 
+def build_serving_initramfs(*, busybox: Path | None = None) -> bytes:
+    """An initramfs whose init boots and then waits for its command on the
+    console (init_script.serving_init_script): what a snapshot is taken of."""
+    binary = load_static_busybox(busybox if busybox is not None else busybox_static())
+    return write_cpio(_entries(serving_init_script(), binary))
+
+
 def initramfs_entries(
     command: Sequence[str],
     *,
@@ -57,14 +70,16 @@ def initramfs_entries(
     env: Mapping[str, str] | None = None,
 ) -> list[CpioEntry]:
     """The archive members of :func:`build_initramfs`, parents first."""
+    return _entries(init_script(command, nonce=nonce, env=env), busybox)
+
+
+def _entries(init: str, busybox: bytes) -> list[CpioEntry]:
     entries = [CpioEntry.directory(name, perm) for name, perm in DIRECTORIES]
     entries += [CpioEntry.char_device(name, *rdev_perm) for name, *rdev_perm in DEVICES]
     entries.append(CpioEntry.file("bin/busybox", busybox, 0o755))
     entries += [CpioEntry.symlink(f"bin/{applet}", "busybox") for applet in INIT_APPLETS]
     entries.append(CpioEntry.file(REPORT_PATH, report_script().encode(), 0o755))
-    entries.append(
-        CpioEntry.file("init", init_script(command, nonce=nonce, env=env).encode(), 0o755)
-    )
+    entries.append(CpioEntry.file("init", init.encode(), 0o755))
     return entries
 
 

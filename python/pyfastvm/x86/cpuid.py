@@ -97,3 +97,41 @@ def vcpu_cpuid(
     entries.append(kvm_signature_leaf(KVM_FEATURES_LEAF))
     entries.append(features)
     return entries
+
+
+VENDOR_LEAF = 0
+# The CPUID feature registers a guest's features must be a subset of on the
+# host it is restored on, masked of the bits pyfastvm sets itself (the
+# hypervisor bit, HTT) and those KVM keeps up to date from the guest's state
+# (OSXSAVE, the APIC-enabled bit, OSPKE).
+FEATURE_REGISTERS: dict[tuple[int, int], dict[str, int]] = {
+    (1, 0): {"ecx": ~(LEAF1_ECX_HYPERVISOR | 1 << 27), "edx": ~(LEAF1_EDX_HTT | 1 << 9)},
+    (7, 0): {"ebx": -1, "ecx": ~(1 << 4), "edx": -1},
+    (0x8000_0001, 0): {"ecx": -1, "edx": -1},
+    (0xD, 1): {"eax": -1},
+}
+
+
+def cpu_vendor(entries: Iterable[CpuidEntry]) -> str:
+    """The vendor string of leaf 0: "GenuineIntel", "AuthenticAMD", ..."""
+    leaf = next((e for e in entries if e.function == VENDOR_LEAF), None)
+    if leaf is None:
+        return "unknown"
+    return b"".join(r.to_bytes(4, "little") for r in (leaf.ebx, leaf.edx, leaf.ecx)).decode(
+        "ascii", "replace"
+    )
+
+
+def missing_features(guest: Iterable[CpuidEntry], supported: Iterable[CpuidEntry]) -> list[str]:
+    """The feature bits `guest` has that `supported` (KVM_GET_SUPPORTED_CPUID)
+    lacks, as "leaf 0x7.0 ebx 0x..." strings; empty when it can run there."""
+    offered = {(e.function, e.index): e for e in supported}
+    missing = []
+    for entry in guest:
+        masks = FEATURE_REGISTERS.get((entry.function, entry.index), {})
+        host = offered.get((entry.function, entry.index), CpuidEntry())
+        for register, mask in masks.items():
+            extra = getattr(entry, register) & mask & ~getattr(host, register) & 0xFFFF_FFFF
+            if extra:
+                missing.append(f"leaf {entry.function:#x}.{entry.index} {register} {extra:#x}")
+    return missing

@@ -17,6 +17,7 @@ use kvm_bindings::{
     KVM_SYNC_X86_SREGS,
 };
 use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd};
+use serde_json::Value;
 use vm_memory::GuestMemoryMmap;
 
 use crate::error::{Error, Result};
@@ -177,6 +178,17 @@ pub trait ExitAssist: Send + Sync {
 
     /// How often it did each kind of work, by name.
     fn counts(&self) -> Vec<(&'static str, u64)>;
+
+    /// What it learned of the guest, for a snapshot: None for an assist
+    /// that learns nothing.
+    fn save_state(&self) -> Result<Value> {
+        Ok(Value::Null)
+    }
+
+    /// Takes back what `save_state` returned, in a restored VM.
+    fn restore_state(&self, _state: &Value) -> Result<()> {
+        Ok(())
+    }
 }
 
 type MakeAssist = fn() -> Box<dyn ExitAssist>;
@@ -281,5 +293,39 @@ impl ExitAssists {
 
     pub fn counts(&self) -> BTreeMap<&'static str, u64> {
         self.assists.iter().flat_map(|a| a.counts()).collect()
+    }
+
+    /// Each assist's state by its name.
+    pub fn save_state(&self) -> Result<Value> {
+        let states = self
+            .assists
+            .iter()
+            .map(|a| Ok((a.name().to_owned(), a.save_state()?)))
+            .collect::<Result<serde_json::Map<_, _>>>()?;
+        Ok(Value::Object(states))
+    }
+
+    /// Gives each assist its state from `save_state`; an assist this VM
+    /// lacks is an error, one missing from `state` learns it all again.
+    pub fn restore_state(&self, state: &Value) -> Result<()> {
+        let Value::Object(states) = state else {
+            return Err(Error::Argument(format!(
+                "exit assist state must map names to states, not {state}"
+            )));
+        };
+        for (name, assist_state) in states {
+            let assist = self
+                .assists
+                .iter()
+                .find(|a| a.name() == name)
+                .ok_or_else(|| {
+                    Error::Argument(format!(
+                        "the saved state has exit assist {name:?}, which this VM does not use: \
+                         restore on a host of the same kind"
+                    ))
+                })?;
+            assist.restore_state(assist_state)?;
+        }
+        Ok(())
     }
 }

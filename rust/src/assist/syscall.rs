@@ -33,6 +33,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
 
 use kvm_bindings::kvm_segment;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::{AssistCpu, ExitAssist};
@@ -53,7 +55,7 @@ const ENTRY_TEXT_REACH: u64 = 1 << 20;
 const FRAME_WORDS: usize = 6;
 
 /// Where the hook is, and what it stands in for.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 struct Hook {
     /// The kernel's SYSCALL entry, IA32_LSTAR.
     entry: u64,
@@ -122,6 +124,21 @@ impl ExitAssist for SyscallAssist {
             ("syscall", self.syscalls.load(Ordering::Relaxed)),
             ("page_fault", self.page_faults.load(Ordering::Relaxed)),
         ]
+    }
+
+    /// The hook: the guest's #PF gate points at it, and only the saved
+    /// state knows where the kernel's own handler is.
+    fn save_state(&self) -> Result<Value> {
+        let hook = *self.hook.read().unwrap_or_else(PoisonError::into_inner);
+        serde_json::to_value(hook)
+            .map_err(|e| Error::Assist(format!("cannot save the SYSCALL hook: {e}")))
+    }
+
+    fn restore_state(&self, state: &Value) -> Result<()> {
+        let hook = Option::<Hook>::deserialize(state)
+            .map_err(|e| Error::Argument(format!("not a SYSCALL hook state: {e}")))?;
+        *self.hook.write().unwrap_or_else(PoisonError::into_inner) = hook;
+        Ok(())
     }
 }
 
@@ -411,6 +428,24 @@ mod tests {
         let mut cpu = AssistCpu::new(&mut state, &memory, &mut msrs);
         assert!(!assist.emulation_failure(&mut cpu, &[INT3]).unwrap());
         assert_eq!(cpu.changed(), 0);
+    }
+
+    #[test]
+    fn a_restored_assist_knows_the_hook() {
+        let (assist, memory, mut state) = hooked(INT3).unwrap();
+        let restored = SyscallAssist::default();
+        restored
+            .restore_state(&assist.save_state().unwrap())
+            .unwrap();
+        at_hook(
+            &memory,
+            &mut state,
+            [0x4, 0x40_1000, 0x2b, 0x202, USER_RSP, 0x23],
+        );
+        let mut msrs = Msrs::default();
+        let mut cpu = AssistCpu::new(&mut state, &memory, &mut msrs);
+        assert!(restored.emulation_failure(&mut cpu, &[INT3]).unwrap());
+        assert_eq!(cpu.regs().rip, HANDLER);
     }
 
     #[test]

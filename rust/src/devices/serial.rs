@@ -187,11 +187,12 @@ impl PySerial {
         self.serial.irq.as_raw_fd()
     }
 
-    /// Queues `data` as received bytes; returns how many fit in the 64-byte FIFO.
+    /// Queues `data` as received bytes; returns how many fit in the 64-byte
+    /// FIFO (0 while the guest has not drained it).
     fn write_input(&self, data: &[u8]) -> Result<usize> {
-        self.serial
-            .uart()
-            .enqueue_raw_bytes(data)
-            .map_err(|e| Error::Device(format!("serial input failed: {e:?}")))
+        match self.serial.uart().enqueue_raw_bytes(data) {
+            Err(vm_superio::serial::Error::FullFifo) => Ok(0),
+            taken => taken.map_err(|e| Error::Device(format!("serial input failed: {e:?}"))),
+        }
     }
 }

@@ -127,6 +127,22 @@ fn new_memfd(size: u64) -> Result<File> {
     Ok(file)
 }
 
+/// `pyfastvm._core.dump_ram_file(source_fd, memory_size, target_fd)`: copies
+/// the RAM image in `source_fd` (a snapshot's memory file, a template's
+/// memfd) to `target_fd` as `GuestMemory.dump` writes it, sparse; returns
+/// the bytes of data written.
+#[pyfunction]
+pub fn dump_ram_file(
+    py: Python<'_>,
+    source_fd: RawFd,
+    memory_size: u64,
+    target_fd: RawFd,
+) -> Result<u64> {
+    let ram = allocate(memory_size, Backing::CopyOnWrite(dup_file(source_fd)?))?;
+    let target = dup_file(target_fd)?;
+    py.detach(|| dump::dump(&ram.memory, &target))
+}
+
 /// Our own `File` for the caller's open descriptor `fd`.
 pub fn dup_file(fd: RawFd) -> Result<File> {
     // SAFETY: dup has no memory-safety preconditions; a bad fd fails.

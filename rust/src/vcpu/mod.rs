@@ -224,6 +224,17 @@ impl Vcpu {
             .with_fd(|fd| fd.set_cpuid2(&cpuid).map_err(Error::kvm("KVM_SET_CPUID2")))
     }
 
+    /// The CPUID leaves the guest sees (KVM_GET_CPUID2): as set, with what
+    /// KVM keeps up to date (and on KVM on PVM, the host's own feature bits).
+    fn get_cpuid(&self) -> Result<Vec<CpuidEntry>> {
+        self.shared.with_fd(|fd| {
+            let cpuid = fd
+                .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+                .map_err(Error::kvm("KVM_GET_CPUID2"))?;
+            Ok(cpuid.as_slice().iter().map(CpuidEntry::from).collect())
+        })
+    }
+
     /// The local APIC's register page (struct kvm_lapic_state), 1024 bytes.
     fn get_lapic(&self) -> Result<Vec<u8>> {
         self.shared.with_fd(|fd| {
