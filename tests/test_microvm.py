@@ -42,6 +42,15 @@ def test_a_missing_initrd_is_refused_before_anything_starts(tmp_path: Path) -> N
         VMConfig(kernel=debian_kernel(), initrd=tmp_path / "missing.cpio")
 
 
+def test_a_timeout_says_where_the_guest_was() -> None:
+    with MicroVM(VMConfig(kernel=minimal_kernel())) as vm:
+        vm.wait_for("Linux version", timeout=BOOT_TIMEOUT)
+        with pytest.raises(pyfastvm.GuestTimeoutError, match="still running after 0.1 s") as caught:
+            vm.wait(timeout=0.1)
+    where = str(caught.value).split("Last console lines:\n")[1]
+    assert where.splitlines()[-1] in vm.console and "Linux version" in vm.console
+
+
 def test_microvm_streams_the_console_and_waits_for_text(tmp_path: Path) -> None:
     chunks: list[bytes] = []
     log_file = tmp_path / "console.log"

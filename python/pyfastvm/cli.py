@@ -28,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("--cmdline", default="", help="extra kernel command line arguments")
     boot.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds")
     boot.add_argument("--console", action="store_true", help="show the guest console on stderr")
+    boot.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="boot once and keep the ready guest as a snapshot in the cache; later runs with "
+        "the same kernel, initrd, command line, memory and vCPUs restore it instead of booting",
+    )
     boot.add_argument("command", nargs="+", help="the command to run in the guest")
     return parser
 
@@ -60,6 +66,7 @@ def _run_showing_progress(args: argparse.Namespace) -> RunResult:
             cmdline=args.cmdline,
             timeout=args.timeout,
             console=console,
+            snapshot=args.snapshot,
         )
 
 

@@ -1,0 +1,116 @@
+"""Snapshots beside cold boots, in one run (the minimal kernel, 256 MiB, 1 vCPU):
+
+- time: a cold boot to the ready guest (the init that waits for its
+  command), a restore of it from disk and a clone of it from a template,
+  each until the vCPU threads run (the VMM's part), and `run(["true"])`
+  end to end through the ready snapshot beside one that boots;
+- memory: the proportional set size (PSS) of this process for 10 idle
+  clones beside 10 cold-booted guests, and beside one.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
+
+import pyfastvm
+from pyfastvm.guest.console_protocol import READY
+from pyfastvm.guest.initramfs import build_serving_initramfs
+from pyfastvm.guest.minimal_kernel import minimal_kernel
+from pyfastvm.ready_snapshots import snapshot_path
+from pyfastvm.snapshot import Snapshot
+
+BOOT_TIMEOUT = 1200.0
+GUESTS = 10
+ROUNDS = 10
+
+
+def cold_boot() -> pyfastvm.MicroVM:
+    config = pyfastvm.VMConfig(kernel=minimal_kernel())
+    machine = pyfastvm.MicroVM(config, initrd_overlay=build_serving_initramfs()).start()
+    machine.wait_for(READY, BOOT_TIMEOUT)
+    return machine
+
+
+@pytest.fixture(scope="module")
+def template() -> Iterator[Snapshot]:
+    with cold_boot().freeze() as frozen:
+        yield frozen
+
+
+@pytest.fixture(scope="module")
+def on_disk(template: Snapshot, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("snapshot") / "ready"
+    template.save(path)
+    return path
+
+
+def timed_starts(benchmark: BenchmarkFixture, start: Callable[[], pyfastvm.MicroVM]) -> None:
+    started: list[pyfastvm.MicroVM] = []
+
+    def close_all() -> None:
+        while started:
+            started.pop().close()
+
+    benchmark.pedantic(lambda: started.append(start()), setup=close_all, rounds=ROUNDS)
+    close_all()
+
+
+def test_cold_boot_to_ready(benchmark: BenchmarkFixture) -> None:
+    benchmark.pedantic(lambda: cold_boot().close(), rounds=1)
+
+
+def test_restore_from_disk_to_running(benchmark: BenchmarkFixture, on_disk: Path) -> None:
+    timed_starts(benchmark, lambda: pyfastvm.MicroVM.restore(on_disk))
+
+
+def test_clone_to_running(benchmark: BenchmarkFixture, template: Snapshot) -> None:
+    timed_starts(benchmark, template.clone)
+
+
+@pytest.mark.parametrize("path", ["boot", "ready snapshot"])
+def test_run_true(benchmark: BenchmarkFixture, path: str) -> None:
+    kernel = minimal_kernel()
+    cached = snapshot_path(pyfastvm.VMConfig(kernel=kernel))
+    if path == "boot":
+        shutil.rmtree(cached, ignore_errors=True)  # this run boots and keeps it
+
+    def run() -> None:
+        result = pyfastvm.run(["true"], kernel=kernel, snapshot=True, timeout=BOOT_TIMEOUT)
+        assert result.exit_code == 0 and result.restored == (path != "boot")
+
+    benchmark.pedantic(run, rounds=1 if path == "boot" else ROUNDS)
+
+
+def pss() -> int:
+    """This process's proportional set size, in bytes."""
+    rollup = Path("/proc/self/smaps_rollup").read_text()
+    match = re.search(r"^Pss:\s+(\d+) kB", rollup, re.MULTILINE)
+    assert match is not None
+    return int(match[1]) << 10
+
+
+@pytest.mark.parametrize("how", ["cold boots", "clones"])
+def test_memory_of_idle_guests(benchmark: BenchmarkFixture, template: Snapshot, how: str) -> None:
+    """PSS added by one guest, then by GUESTS guests, all idle and ready."""
+    start = cold_boot if how == "cold boots" else template.clone
+    before = pss()
+    guests = [start()]
+    one = pss() - before
+    try:
+        benchmark.pedantic(lambda: guests.extend(start() for _ in range(GUESTS - 1)), rounds=1)
+        time.sleep(2)  # let them settle at the prompt
+        benchmark.extra_info.update(
+            pss_one_mib=round(one / 2**20, 1),
+            pss_all_mib=round((pss() - before) / 2**20, 1),
+            guests=len(guests),
+        )
+    finally:
+        for guest in guests:
+            guest.close()
