@@ -117,6 +117,18 @@ class Snapshot:
     def memory_size(self) -> int:
         return int(self.metadata["memory"]["size"])
 
+    @functools.cached_property
+    def vcpu_states(self) -> list[VcpuState]:
+        """The vCPUs' states, parsed once for every restore and clone."""
+        return [_vcpu_state(document) for document in self.metadata["vcpus"]]
+
+    @functools.cached_property
+    def vm_state(self) -> VmState:
+        try:
+            return VmState.from_json(json.dumps(self.metadata["vm"]))
+        except ValueError as error:
+            raise SnapshotError(f"the snapshot's VM state is unusable: {error}") from error
+
     def save(self, path: Path | str) -> None:
         """Writes the snapshot to directory `path` (which must not exist)."""
         write(
@@ -322,10 +334,7 @@ def restore_machine_state(vm: Vm, snapshot: Snapshot) -> None:
     if assists["names"]:
         vm.enable_exit_assists(list(assists["names"]))
         vm.restore_exit_assist_state(assists["state"])
-    try:
-        state = VmState.from_json(json.dumps(metadata["vm"]))
-    except ValueError as error:
-        raise SnapshotError(f"the snapshot's VM state is unusable: {error}") from error
+    state = snapshot.vm_state
     if state.pic_master is not None:
         vm.create_irqchip()
         vm.set_gsi_routing([tuple(route) for route in metadata["gsi_routing"]])
@@ -353,9 +362,9 @@ def add_saved_device(vm: Vm, saved: Mapping[str, Any], given: Mapping[str, objec
 
 def restore_vcpus(vm: Vm, snapshot: Snapshot) -> list[Vcpu]:
     vcpus = []
-    for index, document in enumerate(snapshot.metadata["vcpus"]):
+    for index, state in enumerate(snapshot.vcpu_states):
         vcpu = vm.create_vcpu(index)
-        vcpu.restore_state(_vcpu_state(document))
+        vcpu.restore_state(state)
         vcpus.append(vcpu)
     return vcpus
 
