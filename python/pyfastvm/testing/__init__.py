@@ -1,0 +1,2 @@
+"""Test infrastructure that ships with pyfastvm: the hardware-KVM lane
+(:mod:`pyfastvm.testing.hwkvm`)."""
