@@ -28,6 +28,7 @@ from pyfastvm.host import is_pvm_host
 MSR_IA32_SYSENTER_CS = 0x174
 MSR_IA32_SYSENTER_ESP = 0x175
 MSR_NOT_THERE = 0xDEAD_BEEF
+MXCSR_ROUND_DOWN = 0x3F80  # the reset value 0x1F80 with rounding toward -infinity
 
 
 def test_hlt_ends_the_run(vm: pyfastvm.Vm) -> None:
@@ -68,16 +69,25 @@ def test_fpu_round_trips(vm: pyfastvm.Vm) -> None:
     vcpu = vm.create_vcpu(0)
     fpu = vcpu.get_fpu()
     assert len(fpu.fpr) == 8 and len(fpu.xmm) == 16 and len(fpu.xmm[0]) == 16
-    fpu.fcw, fpu.mxcsr = 0x37F, 0x1F80
+    fpu.fcw, fpu.mxcsr = 0x37F, MXCSR_ROUND_DOWN
     fpu.xmm = [bytes([i] * 16) for i in range(16)]
     vcpu.set_fpu(fpu)
     again = vcpu.get_fpu()
-    assert (again.fcw, again.xmm[3]) == (0x37F, bytes([3] * 16))
-    if not is_pvm_host():  # KVM on PVM reports MXCSR as 0 in KVM_GET_FPU
-        assert again.mxcsr == 0x1F80
+    assert (again.fcw, again.mxcsr, again.xmm[3]) == (0x37F, MXCSR_ROUND_DOWN, bytes([3] * 16))
     fpu.xmm = fpu.xmm[:2]
     with pytest.raises(ValueError, match="16 registers"):
         vcpu.set_fpu(fpu)
+
+
+@pytest.mark.skipif(is_pvm_host(), reason="KVM's instruction emulator on PVM hosts lacks STMXCSR")
+def test_the_guest_runs_with_the_mxcsr_set_through_set_fpu(vm: pyfastvm.Vm) -> None:
+    # stmxcsr [0x2000]; mov eax, [0x2000]; out 0xf4, eax
+    vcpu = long_mode_vcpu(vm, bytes.fromhex("0fae1c25002000008b042500200000e7f4"))
+    vm.add_pio_device(DEBUG_EXIT_PORT, 4, DebugExit())
+    fpu = vcpu.get_fpu()
+    fpu.mxcsr = MXCSR_ROUND_DOWN
+    vcpu.set_fpu(fpu)
+    assert vcpu.run().status == MXCSR_ROUND_DOWN
 
 
 def test_msrs_round_trip_and_refusals_name_the_msr(vm: pyfastvm.Vm) -> None:
