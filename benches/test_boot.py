@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import BootRecorder
 from pytest_benchmark.fixture import BenchmarkFixture
 
 import pyfastvm
@@ -61,20 +62,40 @@ def test_setup_until_the_first_guest_instruction(benchmark: BenchmarkFixture) ->
     teardown()
 
 
+class InitWatch:
+    """A console sink that notes when the kernel starts init, in seconds
+    since it was created."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.console = b""
+        self.seconds: float | None = None
+
+    def __call__(self, data: bytes) -> None:
+        self.console += data
+        if self.seconds is None and INIT_MILESTONE.encode() in self.console:
+            self.seconds = time.monotonic() - self.started
+
+
 @pytest.mark.parametrize(("kernel", "vcpus"), BOOTS, ids=BOOT_IDS)
 def test_pyfastvm_boot(
-    benchmark: BenchmarkFixture, initramfs: Path, kernel: str, vcpus: int
+    benchmark: BenchmarkFixture, record_boot: BootRecorder, initramfs: Path, kernel: str, vcpus: int
 ) -> None:
     path = KERNELS[kernel]()
 
     def boot() -> None:
+        watch = InitWatch()
         if PVM:
             config = pyfastvm.VMConfig(kernel=path, initrd=initramfs, vcpus=vcpus)
-            with pyfastvm.MicroVM(config) as machine:
+            with pyfastvm.MicroVM(config, console=watch) as machine:
                 machine.wait_for(INIT_MILESTONE, timeout=BOOT_TIMEOUT)
         else:
-            result = pyfastvm.run(["true"], kernel=path, vcpus=vcpus, timeout=BOOT_TIMEOUT)
+            result = pyfastvm.run(
+                ["true"], kernel=path, vcpus=vcpus, timeout=BOOT_TIMEOUT, console=watch
+            )
             assert result.exit_code == 0
+        assert watch.seconds is not None
+        record_boot("pyfastvm", f"{kernel}-{vcpus}vcpu", watch.seconds)
 
     benchmark.extra_info["measures"] = "boot to init" if PVM else 'run(["true"]) end to end'
     benchmark.pedantic(boot, rounds=1)
@@ -83,7 +104,7 @@ def test_pyfastvm_boot(
 @pytest.mark.skipif(QEMU is None, reason="qemu-system-x86 is not installed")
 @pytest.mark.parametrize(("kernel", "vcpus"), BOOTS, ids=BOOT_IDS)
 def test_qemu_microvm_boot(
-    benchmark: BenchmarkFixture, initramfs: Path, kernel: str, vcpus: int
+    benchmark: BenchmarkFixture, record_boot: BootRecorder, initramfs: Path, kernel: str, vcpus: int
 ) -> None:
     """The same kernel, initramfs and command line under QEMU's microvm
     (with ACPI, through which the guest finds its CPUs, as with pyfastvm)."""
@@ -99,6 +120,8 @@ def test_qemu_microvm_boot(
 
     def boot() -> None:
         outcome.update(_time_to_init(command))
+        if outcome["reached_init"]:
+            record_boot("qemu", f"{kernel}-{vcpus}vcpu", float(outcome["seconds"]))
 
     benchmark.pedantic(boot, rounds=1)
     benchmark.extra_info.update(outcome)
