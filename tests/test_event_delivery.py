@@ -18,6 +18,8 @@ from pyfastvm.boot.long_mode import GDT_ADDRESS, KERNEL_CODE_SELECTOR
 from pyfastvm.devices import DebugExit
 from pyfastvm.x86.emulation_assist import EmulationAssist, is_emulation_failure
 
+pytestmark = pytest.mark.hwkvm
+
 HANDLER = 0x20000
 IDT = 0x30000
 # Handler: mov al, 0x33; out 0xf4, al   (reports that it ran)

@@ -36,6 +36,7 @@ MINIMAL_BOOT_TIMEOUT = 300.0
 
 
 @pytest.mark.slow
+@pytest.mark.hwkvm
 def test_stock_kernel_boots_to_init_as_a_kvm_guest() -> None:
     """Boots Debian's cloud kernel with 2 vCPUs, which it finds only through
     ACPI, to its init; on a PVM host, run() then reports the host limitation
@@ -57,6 +58,7 @@ def test_stock_kernel_boots_to_init_as_a_kvm_guest() -> None:
     assert "Run /init as init process" in log
 
 
+@pytest.mark.hwkvm
 @needs_guest_user_space
 def test_uname_comes_back_with_the_kernel_release() -> None:
     result = pyfastvm.run(["uname", "-r"], timeout=120)
@@ -64,6 +66,7 @@ def test_uname_comes_back_with_the_kernel_release() -> None:
     assert result.boot_time > 0 and "Run /init as init process" in result.console
 
 
+@pytest.mark.hwkvm
 @needs_guest_user_space
 def test_the_exit_code_comes_back() -> None:
     assert pyfastvm.run(["sh", "-c", "echo out; echo err >&2; exit 3"], timeout=120).exit_code == 3
@@ -95,6 +98,7 @@ def test_a_guest_that_never_ends_times_out_and_is_torn_down() -> None:
     assert threading.active_count() == threads
 
 
+@pytest.mark.hwkvm
 def test_the_minimal_kernel_boots_to_init() -> None:
     """On a PVM host the init dies at its first system call, and run() says
     why; on hardware KVM the command runs."""
@@ -118,6 +122,7 @@ def test_a_kernel_panic_raises_with_the_panic_text() -> None:
     )
 
 
+@pytest.mark.hwkvm
 def test_microvm_streams_the_console_and_waits_for_text(tmp_path: Path) -> None:
     chunks: list[bytes] = []
     log_file = tmp_path / "console.log"
@@ -133,6 +138,7 @@ def test_microvm_streams_the_console_and_waits_for_text(tmp_path: Path) -> None:
         vm.wait_for("never printed", timeout=1)
 
 
+@pytest.mark.hwkvm
 def test_the_cli_prints_the_output_and_exits_with_the_code() -> None:
     command = [sys.executable, "-m", "pyfastvm", "run", "--kernel", str(minimal_kernel())]
     command += ["--", "sh", "-c", "echo from-the-guest; exit 7"]

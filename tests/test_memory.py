@@ -4,6 +4,8 @@ import pytest
 
 import pyfastvm
 
+pytestmark = pytest.mark.hwkvm
+
 GiB = 1 << 30
 
 

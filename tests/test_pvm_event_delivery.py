@@ -51,6 +51,8 @@ from pyfastvm.boot.long_mode import (
 from pyfastvm.devices import DebugExit
 from pyfastvm.x86.cpuid import vcpu_cpuid
 
+pytestmark = pytest.mark.hwkvm
+
 on_pvm = pytest.mark.skipif(
     not pyfastvm.host.is_pvm_host(), reason="PVM-specific: hardware checks the gate's descriptor"
 )

@@ -21,6 +21,8 @@ from pyfastvm.guest.minimal_kernel import minimal_kernel
 from pyfastvm.host import is_pvm_host
 from pyfastvm.machine import MicroVM
 
+pytestmark = pytest.mark.hwkvm
+
 PVM = is_pvm_host()
 needs_guest_user_space = pytest.mark.skipif(
     PVM,

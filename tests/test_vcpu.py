@@ -26,6 +26,8 @@ import pyfastvm
 from pyfastvm.devices import DebugExit, Sink
 from pyfastvm.host import is_pvm_host
 
+pytestmark = pytest.mark.hwkvm
+
 MSR_IA32_SYSENTER_CS = 0x174
 MSR_IA32_SYSENTER_ESP = 0x175
 MSR_NOT_THERE = 0xDEAD_BEEF

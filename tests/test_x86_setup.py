@@ -20,6 +20,8 @@ from pyfastvm.x86.emulation_assist import decode_memory_operand
 from pyfastvm.x86.lapic import APIC_LVT_LINT0, APIC_LVT_LINT1, wire_local_interrupts
 from pyfastvm.x86.msrs import IA32_MISC_ENABLE, boot_msrs
 
+pytestmark = pytest.mark.hwkvm
+
 
 def leaves(entries: list[pyfastvm.CpuidEntry]) -> dict[tuple[int, int], pyfastvm.CpuidEntry]:
     return {(e.function, e.index): e for e in entries}
