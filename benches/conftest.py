@@ -12,8 +12,11 @@ from guest_loops import COUNT_ADDRESS
 
 # Per-exit medians in nanoseconds, by (mode, case), filled in by the benchmarks.
 PER_EXIT_NS: dict[tuple[str, str], float] = {}
+# Seconds from start to the kernel's "Run /init", by (VMM, boot), one run each.
+BOOT_TO_INIT: dict[tuple[str, str], float] = {}
 
 Recorder = Callable[[str, str, float, int], None]
+BootRecorder = Callable[[str, str, float], None]
 FloorStarter = Callable[[str, bytes], exit_floor.ExitFloor]
 
 
@@ -21,6 +24,14 @@ FloorStarter = Callable[[str, bytes], exit_floor.ExitFloor]
 def record_per_exit() -> Recorder:
     def record(mode: str, case: str, batch_seconds: float, exits_per_batch: int) -> None:
         PER_EXIT_NS[(mode, case)] = batch_seconds * 1e9 / exits_per_batch
+
+    return record
+
+
+@pytest.fixture
+def record_boot() -> BootRecorder:
+    def record(vmm: str, boot: str, seconds: float) -> None:
+        BOOT_TO_INIT[(vmm, boot)] = seconds
 
     return record
 
@@ -44,9 +55,26 @@ def start_floor(floor_binary: Path) -> Iterator[FloorStarter]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    _boot_summary(terminalreporter.write_line)
+    _exit_summary(terminalreporter.write_line)
+
+
+def _boot_summary(write: Callable[[str], None]) -> None:
+    """pyfastvm beside QEMU's microvm: a ratio of two boots on the same host
+    in one run means something where their absolute times do not."""
+    boots = sorted({boot for vmm, boot in BOOT_TO_INIT if vmm == "qemu"})
+    if not boots:
+        return
+    write("\nBoot to init, pyfastvm / QEMU microvm (same kernel, initramfs, command line):")
+    for boot in boots:
+        ours, qemu = BOOT_TO_INIT.get(("pyfastvm", boot)), BOOT_TO_INIT[("qemu", boot)]
+        if ours is not None:
+            write(f"  {boot:16} {ours:7.2f} s / {qemu:7.2f} s = {ours / qemu:.2f}")
+
+
+def _exit_summary(write: Callable[[str], None]) -> None:
     if not PER_EXIT_NS:
         return
-    write = terminalreporter.write_line
     write("\nPer-exit cost (median of the batch medians):")
     for (mode, case), ns in sorted(PER_EXIT_NS.items()):
         write(f"  {mode:5} {case:24} {ns:9.0f} ns")

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import BootRecorder
 from pytest_benchmark.fixture import BenchmarkFixture
 
 import pyfastvm
@@ -60,7 +61,9 @@ def test_setup_until_the_first_guest_instruction(benchmark: BenchmarkFixture) ->
 
 
 @pytest.mark.parametrize(("kernel", "vcpus"), BOOTS, ids=BOOT_IDS)
-def test_pyfastvm_run_true(benchmark: BenchmarkFixture, kernel: str, vcpus: int) -> None:
+def test_pyfastvm_run_true(
+    benchmark: BenchmarkFixture, record_boot: BootRecorder, kernel: str, vcpus: int
+) -> None:
     """`run(["true"])` end to end, split at the console's milestones: the
     first byte (VMM set-up and the kernel's earliest boot), the kernel
     starting init, the guest's report (init, the command, the report), and
@@ -79,6 +82,7 @@ def test_pyfastvm_run_true(benchmark: BenchmarkFixture, kernel: str, vcpus: int)
 
     benchmark.pedantic(run, rounds=1)
     benchmark.extra_info["seconds_to"] = phases.seconds
+    record_boot("pyfastvm", f"{kernel}-{vcpus}vcpu", phases.seconds["init"])
 
 
 class Phases:
@@ -105,7 +109,7 @@ class Phases:
 @pytest.mark.skipif(QEMU is None, reason="qemu-system-x86 is not installed")
 @pytest.mark.parametrize(("kernel", "vcpus"), BOOTS, ids=BOOT_IDS)
 def test_qemu_microvm_boot(
-    benchmark: BenchmarkFixture, initramfs: Path, kernel: str, vcpus: int
+    benchmark: BenchmarkFixture, record_boot: BootRecorder, initramfs: Path, kernel: str, vcpus: int
 ) -> None:
     """The same kernel, initramfs and command line under QEMU's microvm
     (with ACPI, through which the guest finds its CPUs, as with pyfastvm)."""
@@ -121,6 +125,9 @@ def test_qemu_microvm_boot(
 
     def boot() -> None:
         outcome.update(_time_to_init(command))
+        seconds = outcome["seconds"]
+        if outcome["reached_init"] and isinstance(seconds, float):
+            record_boot("qemu", f"{kernel}-{vcpus}vcpu", seconds)
 
     benchmark.pedantic(boot, rounds=1)
     benchmark.extra_info.update(outcome)

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from pyfastvm.guest.minimal_kernel import minimal_kernel
 from pyfastvm.progress import CLEAR_LINE
 
@@ -16,6 +18,7 @@ def pyfastvm_run(*args: str) -> list[str]:
     return [sys.executable, "-m", "pyfastvm", "run", "--kernel", str(minimal_kernel()), *args]
 
 
+@pytest.mark.hwkvm
 def test_the_cli_prints_the_output_and_exits_with_the_code_quietly_off_a_terminal() -> None:
     command = pyfastvm_run("--snapshot", "--", "sh", "-c", "echo from-the-guest; exit 7")
     done = subprocess.run(command, capture_output=True, text=True, timeout=BOOT_TIMEOUT)

@@ -13,6 +13,8 @@ from guests import DEBUG_EXIT_PORT, LONG_DEBUG_EXIT_42, Recorder, long_mode_vcpu
 import pyfastvm
 from pyfastvm.devices import DebugExit, Sink
 
+pytestmark = pytest.mark.hwkvm
+
 MMIO_WINDOWS = (0xC000_0000, 0xFEC0_0000)  # the hole below the I/O APIC
 FIRST_FREE_GSI, LAST_GSI = 5, 23
 

@@ -20,6 +20,8 @@ from pyfastvm.devices import (
     save_device_state,
 )
 
+pytestmark = pytest.mark.hwkvm
+
 # 16550A register offsets (with DLAB clear unless said).
 DATA, IER, LCR, MCR, LSR, SCRATCH = 0, 1, 3, 4, 5, 7
 DIVISOR_LOW, DIVISOR_HIGH = 0, 1  # with DLAB set

@@ -22,6 +22,8 @@ from guests import (
 import pyfastvm
 from pyfastvm.devices import DebugExit, Sink
 
+pytestmark = pytest.mark.hwkvm
+
 
 def test_real_mode_guest_writes_a_string_to_a_python_device(vm: pyfastvm.Vm) -> None:
     serial = Recorder()

@@ -16,6 +16,8 @@ import pyfastvm
 from pyfastvm.devices import DebugExit
 from pyfastvm.host import PVM_EXIT_ASSISTS, host_profile
 
+pytestmark = pytest.mark.hwkvm
+
 PROFILE = host_profile()
 MXCSR_AT = 0x2000
 ROUND_DOWN_MXCSR = 0x3F80  # all exceptions masked, rounding toward -inf

@@ -18,6 +18,8 @@ from pyfastvm.guest.initramfs import build_initramfs
 from pyfastvm.host import host_profile
 from pyfastvm.runner import default_kernel
 
+pytestmark = pytest.mark.hwkvm
+
 BOOT_TIMEOUT = 600.0
 VCPUS = 2
 FPU_LOOPS = 1_000_000

@@ -8,6 +8,8 @@ import pytest
 
 import pyfastvm
 
+pytestmark = pytest.mark.hwkvm
+
 KVM_CAP_USER_MEMORY = 3
 KVM_CAP_NR_VCPUS = 9
 

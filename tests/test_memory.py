@@ -6,6 +6,8 @@ import pytest
 
 import pyfastvm
 
+pytestmark = pytest.mark.hwkvm
+
 GiB = 1 << 30
 
 

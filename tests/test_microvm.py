@@ -51,6 +51,7 @@ def test_a_timeout_says_where_the_guest_was() -> None:
     assert where.splitlines()[-1] in vm.console and "Linux version" in vm.console
 
 
+@pytest.mark.hwkvm
 def test_microvm_streams_the_console_and_waits_for_text(tmp_path: Path) -> None:
     chunks: list[bytes] = []
     log_file = tmp_path / "console.log"
@@ -70,6 +71,7 @@ def test_microvm_streams_the_console_and_waits_for_text(tmp_path: Path) -> None:
 TICKER = "i=0; while true; do i=$((i+1)); echo tick-$i > /dev/console; sleep 0.2; done"
 
 
+@pytest.mark.hwkvm
 def test_a_paused_guest_holds_still_until_resumed() -> None:
     """pause() parks every vCPU (here two) at a clean point: the guest prints
     nothing meanwhile, and after resume() it goes on ticking; a paused guest

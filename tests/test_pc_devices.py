@@ -16,6 +16,8 @@ from guests import (
 import pyfastvm
 from pyfastvm.devices import I8042, DebugExit, Serial
 
+pytestmark = pytest.mark.hwkvm
+
 COM1_IRQ = 4
 
 

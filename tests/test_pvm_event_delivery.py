@@ -52,6 +52,8 @@ from pyfastvm.x86.long_mode import (
     PAGE_USER,
 )
 
+pytestmark = pytest.mark.hwkvm
+
 on_pvm = pytest.mark.skipif(
     not pyfastvm.host.is_pvm_host(), reason="PVM-specific: hardware checks the gate's descriptor"
 )
@@ -70,8 +72,9 @@ BP = 3
 
 # Guest: ud2; jmp $
 UD2 = bytes.fromhex("0f0bebfe")
-# Guest: nop; nop; jmp $   (a #BP is injected before it runs)
-IDLE = bytes.fromhex("9090ebfe")
+# Guest: int3; jmp $   (a #BP is injected before it runs: on SVM, KVM delivers
+# an injected #BP as raised by the INT3 at RIP, and drops it at another instruction)
+INT3 = bytes.fromhex("ccebfe")
 # Guest: sti; 1: hlt; jmp 1b   (waits for the LAPIC timer)
 STI_HLT = bytes.fromhex("fbf4ebfd")
 
@@ -146,7 +149,7 @@ def run_event(event: str, *, rsp: int = STACK_TOP) -> pyfastvm.Vcpu:
     if event == "raised":
         return guest(UD2, rsp=rsp)
     if event == "injected":
-        vcpu = guest(IDLE, rsp=rsp)
+        vcpu = guest(INT3, rsp=rsp)
         vcpu.inject_exception(BP)
         return vcpu
     vcpu = guest(STI_HLT, rsp=rsp, irqchip=True)

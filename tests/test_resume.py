@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from guests import LONG_COUNTING_LOOP, LONG_COUNTING_LOOP_COUNTER, SERIAL_PORT, long_mode_vcpu
 
 import pyfastvm
 from pyfastvm.devices import restore_device_state, save_device_state
+
+pytestmark = pytest.mark.hwkvm
 
 MEMORY = 16 << 20
 

@@ -42,6 +42,7 @@ def test_stock_kernel_runs_a_command_as_a_kvm_guest() -> None:
     assert "Run /init as init process" in log
 
 
+@pytest.mark.hwkvm
 def test_uname_comes_back_with_the_kernel_release() -> None:
     """On this host's default kernel: the release the kernel announced at boot."""
     result = pyfastvm.run(["uname", "-r"], timeout=MINIMAL_BOOT_TIMEOUT)
@@ -51,6 +52,7 @@ def test_uname_comes_back_with_the_kernel_release() -> None:
     assert result.boot_time > 0 and "Run /init as init process" in result.console
 
 
+@pytest.mark.hwkvm
 def test_the_exit_code_and_output_come_back_apart_from_the_kernel_log() -> None:
     """stdout and stderr, in order; the kernel's lines (printed meanwhile
     with `loglevel` raised by the kmsg write) stay in the console."""
@@ -60,12 +62,14 @@ def test_the_exit_code_and_output_come_back_apart_from_the_kernel_log() -> None:
     assert "kernel-line" in result.console
 
 
+@pytest.mark.hwkvm
 def test_the_minimal_kernel_runs_a_command() -> None:
     result = pyfastvm.run(["echo", "hi"], kernel=minimal_kernel(), timeout=MINIMAL_BOOT_TIMEOUT)
     assert (result.exit_code, result.stdout) == (0, b"hi\n")
     assert "Run /init as init process" in result.console
 
 
+@pytest.mark.hwkvm
 def test_a_kernel_panic_raises_with_the_panic_text() -> None:
     no_init = "rdinit=/none init=/none"
     with pytest.raises(pyfastvm.GuestPanicError, match="panicked: Kernel panic") as caught:
@@ -87,6 +91,7 @@ def test_a_guest_that_never_ends_times_out_and_is_torn_down() -> None:
         assert "give it a longer timeout" in str(caught.value)
 
 
+@pytest.mark.hwkvm
 def test_a_ready_snapshot_answers_later_runs_without_booting() -> None:
     """snapshot=True: the first run boots and keeps the waiting guest in the
     cache; the next restores it and runs its own command there."""

@@ -20,6 +20,8 @@ from pyfastvm.guest.initramfs import build_initramfs
 from pyfastvm.guest.minimal_kernel import minimal_kernel
 from pyfastvm.microvm import MicroVM
 
+pytestmark = pytest.mark.hwkvm
+
 BOOT_TIMEOUT = 600.0
 NO_INIT = "rdinit=/none init=/none"
 

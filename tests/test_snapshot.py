@@ -23,6 +23,8 @@ from pyfastvm.guest.minimal_kernel import minimal_kernel
 from pyfastvm.ready_snapshots import send_command
 from pyfastvm.snapshot import MEMORY_FILE, METADATA_FILE, Snapshot, SnapshotError, save
 
+pytestmark = pytest.mark.hwkvm
+
 BOOT_TIMEOUT = 600.0
 RUN_TIMEOUT = 300.0
 

@@ -36,6 +36,8 @@ from pyfastvm.testing.tiny_kernel import (
 from pyfastvm.x86.long_mode import KERNEL_CODE_SELECTOR, USER_CODE_SELECTOR
 from pyfastvm.x86.msrs import MSR_LSTAR
 
+pytestmark = pytest.mark.hwkvm
+
 PROFILE = host_profile()
 on_pvm = pytest.mark.skipif(
     not PROFILE.is_pvm,

@@ -17,6 +17,8 @@ from guests import (
 import pyfastvm
 from pyfastvm.devices import DebugExit
 
+pytestmark = pytest.mark.hwkvm
+
 MSR_IA32_TSC = 0x10
 # MSRs that count on their own where KVM lists them: TSC, MPERF, APERF.
 COUNTING_MSRS = {MSR_IA32_TSC, 0xE7, 0xE8}

@@ -10,6 +10,8 @@ from guests import DEBUG_EXIT_PORT, LONG_PROGRAM_PICS_PIT_IOAPIC, long_mode_vcpu
 import pyfastvm
 from pyfastvm.devices import DebugExit
 
+pytestmark = pytest.mark.hwkvm
+
 # struct kvm_irqchip: chip_id and padding, then the chip's state.
 PIC_IMR = 8 + 2  # kvm_pic_state: last_irr, irr, imr, ...
 IOAPIC_REDIRECTION = 8 + 24  # kvm_ioapic_state: base, ioregsel, id, irr, pad, redirtbl[24]

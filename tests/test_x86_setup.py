@@ -3,6 +3,7 @@ pins and the kernel command line, on this host's profile."""
 
 import threading
 
+import pytest
 from guests import CODE_ADDRESS, DEBUG_EXIT_PORT, long_mode_vcpu
 
 import pyfastvm
@@ -19,6 +20,8 @@ from pyfastvm.x86.cpuid import (
 )
 from pyfastvm.x86.lapic import APIC_LVT_LINT0, APIC_LVT_LINT1, wire_local_interrupts
 from pyfastvm.x86.msrs import IA32_MISC_ENABLE, boot_msrs
+
+pytestmark = pytest.mark.hwkvm
 
 
 def leaves(entries: list[pyfastvm.CpuidEntry]) -> dict[tuple[int, int], pyfastvm.CpuidEntry]:

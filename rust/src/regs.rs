@@ -1,6 +1,8 @@
 //! Python views of the kernel's x86 vCPU state structs; field names follow <asm/kvm.h>.
 
-use kvm_bindings::{kvm_cpuid_entry2, kvm_dtable, kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_dtable, kvm_fpu, kvm_regs, kvm_segment, kvm_sregs, kvm_xsave,
+};
 use pyo3::prelude::*;
 
 /// Declares a flat pyclass mirroring a kernel struct of integer fields, with
@@ -266,6 +268,15 @@ pub struct Fpu {
     pub mxcsr: u32,
 }
 
+/// KVM_GET_FPU and KVM_SET_FPU leave MXCSR out (its field reads 0 and is
+/// ignored on every KVM), so it travels in the XSAVE area: at byte 24 of the
+/// legacy region, applied when XSTATE_BV (byte 512) has the SSE bit (Intel
+/// SDM vol. 1, 13.4 "XSAVE Area").
+const XSAVE_MXCSR_WORD: usize = 24 / 4;
+const XSAVE_XSTATE_BV_WORD: usize = 512 / 4;
+const XFEATURE_FP_AND_SSE: u32 = 0b11;
+
+/// The FPU state as KVM_GET_FPU reports it, MXCSR included as 0.
 impl From<&kvm_fpu> for Fpu {
     fn from(k: &kvm_fpu) -> Self {
         Fpu {
@@ -283,6 +294,22 @@ impl From<&kvm_fpu> for Fpu {
 }
 
 impl Fpu {
+    /// The FPU state from KVM_GET_FPU, with MXCSR from KVM_GET_XSAVE.
+    pub fn from_kvm(k: &kvm_fpu, xsave: &kvm_xsave) -> Self {
+        Fpu {
+            mxcsr: xsave.region[XSAVE_MXCSR_WORD],
+            ..Fpu::from(k)
+        }
+    }
+
+    /// Puts this state's MXCSR into `xsave` for KVM_SET_XSAVE. With the FP
+    /// and SSE bits in XSTATE_BV, XRSTOR loads the legacy area (x87 state,
+    /// MXCSR, XMM registers) instead of their initial values.
+    pub fn apply_mxcsr(&self, xsave: &mut kvm_xsave) {
+        xsave.region[XSAVE_MXCSR_WORD] = self.mxcsr;
+        xsave.region[XSAVE_XSTATE_BV_WORD] |= XFEATURE_FP_AND_SSE;
+    }
+
     pub fn to_kvm(&self) -> PyResult<kvm_fpu> {
         let mut k = kvm_fpu {
             fcw: self.fcw,
@@ -291,7 +318,6 @@ impl Fpu {
             last_opcode: self.last_opcode,
             last_ip: self.last_ip,
             last_dp: self.last_dp,
-            mxcsr: self.mxcsr,
             ..Default::default()
         };
         copy_registers("fpr", &self.fpr, &mut k.fpr)?;

@@ -27,7 +27,7 @@ REPORT_PATH = "/pyfastvm/report"
 OUTPUT_PATH = "/tmp/pyfastvm-output"
 GUEST_PATH = "/bin:/sbin:/usr/bin:/usr/sbin"
 INIT_APPLETS = ("sh", "mount", "base64", "awk", "sync", "poweroff", "reboot", "stty")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # Frames DATA lines and the final EXIT line; see console_protocol.encode_frame.
 _REPORT_AWK = r"""
@@ -112,7 +112,7 @@ def command_script(
     check_nonce(nonce)
     begin = encode_frame(nonce, 0, "BEGIN")
     return f"""printf '\\n%s\\n' {shlex.quote(begin)}
-({_command_line(command, env or {})}) </dev/null >{OUTPUT_PATH} 2>&1
+({command_line(command, env or {})}) </dev/null >{OUTPUT_PATH} 2>&1
 status=$?
 /bin/sh {REPORT_PATH} {nonce} "$status" {OUTPUT_PATH}
 sync
@@ -126,8 +126,9 @@ reboot -f
 """
 
 
-def _command_line(command: Sequence[str], env: Mapping[str, str]) -> str:
-    """``export K=V; exec ARGV`` with every word shell-quoted."""
+def command_line(command: Sequence[str], env: Mapping[str, str]) -> str:
+    """``export K=V; exec ARGV`` with every word shell-quoted; names must
+    match ENV_NAME."""
     if isinstance(command, str) or not command:
         raise ValueError(f"command must be a non-empty list of strings, got {command!r}")
     for word in [*command, *env, *env.values()]:
@@ -138,6 +139,6 @@ def _command_line(command: Sequence[str], env: Mapping[str, str]) -> str:
 
 
 def _env_name(name: str) -> str:
-    if not _ENV_NAME.fullmatch(name):
+    if not ENV_NAME.fullmatch(name):
         raise ValueError(f"invalid environment variable name {name!r}")
     return name

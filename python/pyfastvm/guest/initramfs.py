@@ -74,12 +74,21 @@ def initramfs_entries(
 
 
 def _entries(init: str, busybox: bytes) -> list[CpioEntry]:
-    entries = [CpioEntry.directory(name, perm) for name, perm in DIRECTORIES]
+    entries = busybox_root(busybox)
+    entries.append(CpioEntry.file(REPORT_PATH, report_script().encode(), 0o755))
+    entries.append(CpioEntry.file("init", init.encode(), 0o755))
+    return entries
+
+
+def busybox_root(
+    busybox: bytes, directories: Sequence[tuple[str, int]] = DIRECTORIES
+) -> list[CpioEntry]:
+    """The start of every pyfastvm initramfs: ``directories``, the console and
+    null devices, a static busybox and links to the applets init needs."""
+    entries = [CpioEntry.directory(name, perm) for name, perm in directories]
     entries += [CpioEntry.char_device(name, *rdev_perm) for name, *rdev_perm in DEVICES]
     entries.append(CpioEntry.file("bin/busybox", busybox, 0o755))
     entries += [CpioEntry.symlink(f"bin/{applet}", "busybox") for applet in INIT_APPLETS]
-    entries.append(CpioEntry.file(REPORT_PATH, report_script().encode(), 0o755))
-    entries.append(CpioEntry.file("init", init.encode(), 0o755))
     return entries
 
 

@@ -1,1 +1,3 @@
-"""Support for pyfastvm's own tests and benchmarks."""
+"""Support for pyfastvm's own tests and benchmarks: the hardware-KVM lane
+(:mod:`pyfastvm.testing.hwkvm`) and a tiny long-mode guest
+(:mod:`pyfastvm.testing.tiny_kernel`)."""

@@ -181,14 +181,23 @@ impl Vcpu {
     fn get_fpu(&self) -> Result<Fpu> {
         self.shared.with_fd(|fd| {
             let fpu = fd.get_fpu().map_err(Error::kvm("KVM_GET_FPU"))?;
-            Ok(Fpu::from(&fpu))
+            let xsave = fd.get_xsave().map_err(Error::kvm("KVM_GET_XSAVE"))?;
+            Ok(Fpu::from_kvm(&fpu, &xsave))
         })
     }
 
     fn set_fpu(&self, fpu: PyRef<'_, Fpu>) -> Result<()> {
-        let fpu = fpu.to_kvm()?;
-        self.shared
-            .with_fd(|fd| fd.set_fpu(&fpu).map_err(Error::kvm("KVM_SET_FPU")))
+        let state = fpu.to_kvm()?;
+        self.shared.with_fd(|fd| {
+            // MXCSR first; KVM_SET_FPU then writes the rest of the legacy area.
+            let mut xsave = fd.get_xsave().map_err(Error::kvm("KVM_GET_XSAVE"))?;
+            fpu.apply_mxcsr(&mut xsave);
+            // SAFETY: KVM reads the 4096 bytes of a kvm_xsave; the state is
+            // larger only with dynamic XSTATE features (AMX) that the VMM
+            // asked for with arch_prctl, which pyfastvm never does.
+            unsafe { fd.set_xsave(&xsave) }.map_err(Error::kvm("KVM_SET_XSAVE"))?;
+            fd.set_fpu(&state).map_err(Error::kvm("KVM_SET_FPU"))
+        })
     }
 
     /// Reads the given MSRs; returns {index: value}.

@@ -1,0 +1,45 @@
+"""``python3 -m pyfastvm.testing.hwkvm [options] -- COMMAND ...``: runs
+COMMAND in the hardware-KVM lane and exits with its exit status (125 when
+the lane itself failed, with the reason on stderr)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ..._core import VmmError
+from .lane import DEFAULT_TIMEOUT, run_in_lane
+
+LANE_FAILED = 125
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python3 -m pyfastvm.testing.hwkvm", description=__doc__)
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds for the whole run"
+    )
+    parser.add_argument("--memory", default="2G", help="the guest's RAM (default 2G)")
+    parser.add_argument(
+        "--no-prefetch",
+        dest="prefetch",
+        action="store_false",
+        help="do not fetch pyfastvm's test kernels and busybox on the host first",
+    )
+    parser.add_argument("command", nargs="+", help="the command to run in the guest")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return run_in_lane(
+            args.command, timeout=args.timeout, memory=args.memory, prefetch=args.prefetch
+        )
+    except VmmError as error:
+        print(f"pyfastvm-hwkvm: {error}", file=sys.stderr)
+        return LANE_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""QEMU with TCG emulating an AMD CPU with SVM and nested paging, so that the
+guest's KVM is KVM on SVM; its serial console streamed as it comes."""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import LaneTimeoutError, QemuMissingError
+from .image import HOST_ROOT_TAG, KVM_READY, RESULTS_TAG
+
+QEMU = "qemu-system-x86_64"
+# An AMD CPU with SVM, nested paging and virtual GIF, less the features TCG
+# does not implement (NRIPS among them), which QEMU would warn about.
+TCG_LACKS = ("rdseed", "sha-ni", "fxsr-opt", "misalignsse", "3dnowprefetch", "osvw",
+             "topoext", "nrip-save", "xsavec")  # fmt: skip
+CPU = ",".join(["EPYC", "+svm", "+npt", "+vgif", *(f"-{feature}" for feature in TCG_LACKS)])
+KERNEL_ARGS = "console=ttyS0 quiet panic=-1"
+TAIL_BYTES = 16 << 10
+READ_CHUNK = 1 << 16
+
+
+def find_qemu() -> str:
+    qemu = shutil.which(QEMU)
+    if qemu is None:
+        raise QemuMissingError(
+            f"{QEMU} is not on PATH: the hardware-KVM lane runs its guest in QEMU "
+            "(install it with 'apt-get install qemu-system-x86')"
+        )
+    return qemu
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    """The lane guest's files and size; ``results`` is the writable share."""
+
+    kernel: Path
+    initrd: Path
+    results: Path
+    memory: str = "2G"
+
+    def argv(self, qemu: str) -> list[str]:
+        return [
+            qemu, "-accel", "tcg", "-cpu", CPU, "-m", self.memory, "-smp", "1",
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-serial", "stdio",
+            "-kernel", str(self.kernel), "-initrd", str(self.initrd), "-append", KERNEL_ARGS,
+            "-virtfs", _share("/", HOST_ROOT_TAG, readonly=True),
+            "-virtfs", _share(str(self.results), RESULTS_TAG, readonly=False),
+        ]  # fmt: skip
+
+
+def _share(path: str, tag: str, *, readonly: bool) -> str:
+    # multidevs=remap: the host's root spans several file systems.
+    options = f"local,path={path},mount_tag={tag},security_model=none,multidevs=remap"
+    return options + (",readonly=on" if readonly else "")
+
+
+@dataclass
+class Console:
+    """What the guest printed: streamed to ``sink``, the tail kept for errors,
+    and when /dev/kvm appeared (seconds after QEMU started)."""
+
+    sink: Callable[[bytes], object]
+    tail: bytearray = field(default_factory=bytearray)
+    kvm_ready_after: float | None = None
+    _pending_cr: bool = False
+
+    def feed(self, data: bytes, elapsed: float) -> None:
+        data = self._without_carriage_returns(data)
+        self.sink(data)
+        self.tail += data
+        del self.tail[:-TAIL_BYTES]
+        if self.kvm_ready_after is None and KVM_READY.encode() in self.tail:
+            self.kvm_ready_after = elapsed
+
+    def _without_carriage_returns(self, data: bytes) -> bytes:
+        """The serial line ends lines with CR LF; a CR at a chunk's end waits
+        for the next chunk to tell."""
+        if self._pending_cr:
+            data = b"\r" + data
+        self._pending_cr = data.endswith(b"\r")
+        if self._pending_cr:
+            data = data[:-1]
+        return data.replace(b"\r\n", b"\n")
+
+    def last_lines(self, count: int = 25) -> str:
+        lines = self.tail.decode(errors="replace").splitlines()[-count:]
+        return "\n".join(f"  | {line}" for line in lines)
+
+
+def run_qemu(argv: list[str], console: Console, timeout: float) -> int:
+    """Runs QEMU until it exits, streaming its output to ``console``; returns
+    its exit status. Past ``timeout`` seconds it is killed."""
+    started = time.monotonic()
+    deadline = started + timeout
+    with subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    ) as qemu:
+        assert qemu.stdout is not None
+        fd = qemu.stdout.fileno()
+        while True:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                qemu.kill()
+                raise LaneTimeoutError(
+                    f"the lane's guest was still running after {timeout:.0f} s; killed QEMU. "
+                    f"Last console lines:\n{console.last_lines()}"
+                )
+            data = os.read(fd, READ_CHUNK)
+            if not data:
+                break
+            console.feed(data, time.monotonic() - started)
+        return qemu.wait()
