@@ -23,6 +23,7 @@ from pyfastvm.guest.errors import (
     GuestImageError,
 )
 from pyfastvm.guest.initramfs import build_initramfs
+from pyfastvm.guest.kernel_modules import debian_kernel_modules
 
 __all__ = [
     "AptError",
@@ -37,6 +38,7 @@ __all__ = [
     "busybox_static",
     "cache_dir",
     "debian_kernel",
+    "debian_kernel_modules",
     "debian_kernel_release",
     "new_nonce",
     "read_cpio",

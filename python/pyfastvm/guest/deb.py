@@ -62,13 +62,20 @@ class DebPackage:
         written outside ``dest``.  Returns the extracted relative paths.
         """
         extracted: list[str] = []
+        for name, stream, mode in self.data_files(keep):
+            _write_file(dest / name, stream, mode)
+            extracted.append(name)
+        return extracted
+
+    def data_files(self, keep: PathFilter) -> Iterator[tuple[str, IO[bytes], int]]:
+        """Stream the regular files of ``data.tar`` for which ``keep`` is true,
+        in archive order, as (normalized path, readable stream, mode); each
+        stream is valid until the next item is taken."""
         with self._tar("data") as tar:
             for member in tar:
                 name = _normalize(member.name)
                 if member.isfile() and name and keep(name):
-                    _write_file(dest / name, _stream_tar_member(tar, member), member.mode)
-                    extracted.append(name)
-        return extracted
+                    yield name, _stream_tar_member(tar, member), member.mode
 
     def _check_version(self) -> None:
         version = self._members.get("debian-binary")
