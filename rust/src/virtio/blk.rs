@@ -36,8 +36,8 @@ pub struct Blk {
     path: PathBuf,
     read_only: bool,
     discard: bool,
-    /// In sectors; re-read by `refresh_capacity`.
-    capacity: AtomicU64,
+    /// In sectors; re-read by `refresh_capacity`, shared with the handler.
+    capacity: Arc<AtomicU64>,
 }
 
 impl Blk {
@@ -54,7 +54,7 @@ impl Blk {
             path: path.to_owned(),
             read_only,
             discard,
-            capacity: AtomicU64::new(0),
+            capacity: Arc::new(AtomicU64::new(0)),
         };
         blk.refresh_capacity()?;
         Ok(blk)
@@ -161,7 +161,7 @@ impl VirtioDevice for Blk {
         Ok(Box::new(BlkHandler {
             file: self.file.clone(),
             read_only: self.read_only,
-            capacity: self.capacity_bytes(),
+            capacity: self.capacity.clone(),
         }))
     }
 }
@@ -181,7 +181,8 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
 struct BlkHandler {
     file: Arc<File>,
     read_only: bool,
-    capacity: u64,
+    /// In sectors.
+    capacity: Arc<AtomicU64>,
 }
 
 /// Why a request failed, as its status byte says it.
@@ -241,7 +242,7 @@ impl BlkHandler {
     fn offset(&self, sector: u64, length: usize) -> std::result::Result<u64, Failure> {
         let start = sector.checked_mul(SECTOR_SIZE).ok_or(Failure::Io)?;
         let end = start.checked_add(length as u64).ok_or(Failure::Io)?;
-        if end > self.capacity {
+        if end > self.capacity.load(Ordering::SeqCst) * SECTOR_SIZE {
             return Err(Failure::Io);
         }
         Ok(start)

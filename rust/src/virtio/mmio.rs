@@ -214,6 +214,7 @@ impl MmioTransport {
             }
             queue.set_event_idx(features & 1 << VIRTIO_RING_F_EVENT_IDX != 0);
         }
+        self.end_worker();
         let handler = self.device.activate(features)?;
         let shared = Shared {
             kind,
@@ -251,7 +252,9 @@ impl MmioTransport {
 }
 
 impl Drop for MmioTransport {
+    /// Ends the device thread, even one parked by a pause.
     fn drop(&mut self) {
+        self.control.stop();
         self.end_worker();
     }
 }

@@ -99,10 +99,12 @@ impl Muxer {
             return self.refuse(ports, op);
         };
         connection.update_peer(packet.buf_alloc(), packet.fwd_cnt());
+        let connecting = connection.state == State::Connecting;
+        // Any packet's header may give back credit a held stream waits for.
+        self.credit_arrived(ports);
         match op {
-            OP_RESPONSE if connection.state == State::Connecting => self.accepted(ports, ctx),
+            OP_RESPONSE if connecting => self.accepted(ports, ctx),
             OP_RW => self.forward(ports, packet, ctx),
-            OP_CREDIT_UPDATE => self.credit_arrived(ports),
             OP_CREDIT_REQUEST => self
                 .control
                 .push_back(Outgoing::new(ports, OP_CREDIT_UPDATE)),
@@ -183,7 +185,7 @@ impl Muxer {
 
     fn credit_arrived(&mut self, ports: Ports) {
         if let Some(connection) = self.connections.get_mut(&ports) {
-            if connection.waiting_for_credit {
+            if connection.waiting_for_credit && connection.credit() > 0 {
                 connection.waiting_for_credit = false;
                 self.readable.push_back(ports);
             }
