@@ -291,3 +291,17 @@ impl BlkHandler {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::read_config_bytes;
+
+    #[test]
+    fn config_reads_past_the_end_are_zeros() {
+        let mut data = [0xffu8; 4];
+        read_config_bytes(&[1, 2, 3], 1, &mut data);
+        assert_eq!(data, [2, 3, 0, 0]);
+        read_config_bytes(&[1, 2, 3], 9, &mut data);
+        assert_eq!(data, [0; 4]);
+    }
+}

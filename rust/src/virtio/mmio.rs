@@ -425,3 +425,24 @@ impl Device for MmioTransport {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_words_select_the_low_and_high_halves() {
+        let features = 0x1234_5678_9abc_def0;
+        assert_eq!(feature_word(features, 0), 0x9abc_def0);
+        assert_eq!(feature_word(features, 1), 0x1234_5678);
+        assert_eq!(feature_word(features, 2), 0);
+        let mut registers = Registers {
+            driver_features_sel: 1,
+            ..Registers::default()
+        };
+        set_feature_word(&mut registers, 1);
+        registers.driver_features_sel = 0;
+        set_feature_word(&mut registers, 0x20);
+        assert_eq!(registers.driver_features, 1 << 32 | 0x20);
+    }
+}

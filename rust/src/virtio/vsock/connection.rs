@@ -159,3 +159,47 @@ fn volatile_error(error: vm_memory::VolatileMemoryError) -> io::Error {
         other => io::Error::other(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn pair() -> (Connection, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (Connection::new(ours, 1, State::Established), theirs)
+    }
+
+    #[test]
+    fn credit_is_the_peer_buffer_less_what_is_in_flight() {
+        let (mut connection, _peer) = pair();
+        assert_eq!(connection.credit(), 0);
+        connection.update_peer(1000, 0);
+        connection.sent = Wrapping(u32::MAX - 99); // counters wrap
+        connection.update_peer(1000, u32::MAX - 399);
+        assert_eq!(connection.credit(), 700);
+    }
+
+    #[test]
+    fn data_the_stream_does_not_take_waits_and_is_flushed_in_order() {
+        let (mut connection, mut peer) = pair();
+        let mut data = vec![7u8; 4 << 20];
+        // More than a socket buffer: the rest waits in `pending`.
+        connection
+            .send(&VolatileSlice::from(&mut data[..]))
+            .unwrap();
+        assert_eq!(connection.interest(), (true, true));
+        let mut received = Vec::new();
+        let mut chunk = vec![0u8; 1 << 16];
+        while received.len() < data.len() {
+            let n = peer.read(&mut chunk).unwrap();
+            received.extend_from_slice(&chunk[..n]);
+            connection.flush().unwrap();
+        }
+        assert!(connection.flush().unwrap());
+        assert_eq!(received, data);
+        assert_eq!(connection.report(), data.len() as u32);
+        assert!(!connection.credit_update_due());
+    }
+}
