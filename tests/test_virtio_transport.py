@@ -39,6 +39,19 @@ def notify_and_wait(script: MmioScript, base: int, used: int) -> None:
     script.wait16(QUEUE.used_idx, used)
 
 
+def rng_served_once() -> tuple[pyfastvm.Vm, pyfastvm.DeviceInfo]:
+    """A VM whose guest set up an rng device and had one buffer filled."""
+    vm, info = virtio_vm(VirtioRng())
+    QUEUE.chain(vm.memory, 0, [(BUFFERS, 16, True)])
+    QUEUE.offer(vm.memory, [0])
+    vm.memory.write(QUEUE.avail + 2, struct.pack("<H", 1))
+    script = MmioScript()
+    virtio.set_up(script, info.base, QUEUE)
+    notify_and_wait(script, info.base, 1)
+    assert script_vcpu(vm, script).run().reason == "debug_exit"
+    return vm, info
+
+
 def test_a_guest_sets_up_the_rng_and_gets_entropy_with_an_interrupt() -> None:
     vm, info = virtio_vm(VirtioRng())
     QUEUE.chain(vm.memory, 0, [(BUFFERS, 64, True)])
@@ -146,14 +159,7 @@ def test_device_threads_park_on_pause_end_on_stop_and_leak_nothing() -> None:
         return len(os.listdir("/proc/self/fd"))
 
     def run_once() -> None:
-        vm, info = virtio_vm(VirtioRng())
-        QUEUE.chain(vm.memory, 0, [(BUFFERS, 16, True)])
-        QUEUE.offer(vm.memory, [0])
-        vm.memory.write(QUEUE.avail + 2, struct.pack("<H", 1))
-        script = MmioScript()
-        virtio.set_up(script, info.base, QUEUE)
-        notify_and_wait(script, info.base, 1)
-        assert script_vcpu(vm, script).run().reason == "debug_exit"
+        vm, _ = rng_served_once()
         vm.pause()  # returns once the device thread is parked
         vm.resume()
         vm.stop()
@@ -168,14 +174,7 @@ def test_device_threads_park_on_pause_end_on_stop_and_leak_nothing() -> None:
 
 
 def test_transport_state_keeps_registers_and_queue_positions() -> None:
-    vm, info = virtio_vm(VirtioRng())
-    QUEUE.chain(vm.memory, 0, [(BUFFERS, 16, True)])
-    QUEUE.offer(vm.memory, [0])
-    vm.memory.write(QUEUE.avail + 2, struct.pack("<H", 1))
-    script = MmioScript()
-    virtio.set_up(script, info.base, QUEUE)
-    notify_and_wait(script, info.base, 1)
-    assert script_vcpu(vm, script).run().reason == "debug_exit"
+    _, info = rng_served_once()
     device = info.device
     assert isinstance(device, VirtioRng)
     state = device.save_state()
