@@ -10,9 +10,10 @@ import functools
 import re
 import shutil
 import threading
+from pathlib import Path
 
 import pytest
-from kernel_log import ACPI_COMPLAINTS, cpus_brought_up
+from kernel_log import ACPI_COMPLAINTS, VIRTIO_ERRORS, cpus_brought_up, virtio_disks
 
 import pyfastvm
 from pyfastvm.guest.debian import debian_kernel, debian_kernel_release
@@ -27,14 +28,29 @@ MINIMAL_BOOT_TIMEOUT = 300.0
 
 
 @pytest.mark.slow
-def test_stock_kernel_runs_a_command_as_a_kvm_guest() -> None:
+def test_stock_kernel_runs_a_command_as_a_kvm_guest(tmp_path: Path) -> None:
     """Boots Debian's cloud kernel with 2 vCPUs, which it finds only through
-    ACPI, and runs `uname -r` in it."""
+    ACPI, and runs `uname -r` in it. The same boot has a virtio disk, vsock
+    and entropy device, which it finds through the DSDT once the initramfs
+    has loaded virtio_mmio and their drivers (test_virtio_linux uses them on
+    this host's default kernel)."""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(1 << 20))
+    command = "uname -r; cat /sys/class/misc/hw_random/rng_current; ls /dev/vsock"
     result = pyfastvm.run(
-        ["uname", "-r"], kernel=debian_kernel(), vcpus=2, timeout=STOCK_BOOT_TIMEOUT
+        ["sh", "-c", command],
+        kernel=debian_kernel(),
+        vcpus=2,
+        timeout=STOCK_BOOT_TIMEOUT,
+        disks=[pyfastvm.Disk(disk, read_only=True)],
+        vsock=pyfastvm.Vsock(tmp_path / "v.sock"),
+        rng=True,
     )
-    assert (result.exit_code, result.stdout) == (0, f"{debian_kernel_release()}\n".encode())
+    expected = f"{debian_kernel_release()}\nvirtio_rng.0\n/dev/vsock\n"
+    assert (result.exit_code, result.stdout) == (0, expected.encode())
     log = result.console
+    assert virtio_disks(log) == {"vda": 2048}
+    assert not VIRTIO_ERRORS.findall(log), log
     assert "Hypervisor detected: KVM" in log
     assert "clocksource: Switched to clocksource kvm-clock" in log
     assert cpus_brought_up(log) == 2
@@ -71,13 +87,15 @@ def test_the_minimal_kernel_runs_a_command() -> None:
 
 @pytest.mark.hwkvm
 def test_a_kernel_panic_raises_with_the_panic_text() -> None:
-    no_init = "rdinit=/none init=/none"
+    # A directory of the initramfs: accessible, so the kernel execs it (and
+    # fails) rather than go looking for a root block device.
+    no_init = "rdinit=/tmp init=/tmp"
     with pytest.raises(pyfastvm.GuestPanicError, match="panicked: Kernel panic") as caught:
         pyfastvm.run(
             ["true"], kernel=minimal_kernel(), cmdline=no_init, timeout=MINIMAL_BOOT_TIMEOUT
         )
     assert (
-        caught.value.panic == "Kernel panic - not syncing: Requested init /none failed (error -2)."
+        caught.value.panic == "Kernel panic - not syncing: Requested init /tmp failed (error -13)."
     )
 
 

@@ -21,7 +21,7 @@ from ._core import (
     VmState,
     __version__,
 )
-from .config import ConfigError, DeviceSpec, VMConfig
+from .config import ConfigError, DeviceSpec, Disk, VMConfig, Vsock
 from .devices import Device
 from .errors import (
     BusConflictError,
@@ -55,6 +55,7 @@ __all__ = [
     "DeviceError",
     "DeviceInfo",
     "DeviceSpec",
+    "Disk",
     "EmulationFailureError",
     "Exit",
     "ExitReason",
@@ -85,6 +86,7 @@ __all__ = [
     "Vm",
     "VmState",
     "VmmError",
+    "Vsock",
     "__version__",
     "devices",
     "run",

@@ -1,5 +1,7 @@
 """Type stubs for pyfastvm._core, the Rust extension."""
 
+import os
+from pathlib import Path
 from typing import Any, ClassVar, final
 
 __version__: str
@@ -413,3 +415,37 @@ class PowerControl(BuiltinDevice):
     S5_SLEEP_TYPE: ClassVar[int]
     RESET_VALUE: ClassVar[int]
     def __init__(self) -> None: ...
+
+class VirtioBlk(BuiltinDevice):
+    """virtio-blk on virtio-mmio: a disk backed by the raw image at `path`.
+    Add it with ``vm.add_mmio_device(None, VirtioBlk.WINDOW, disk, gsi=vm.allocate_gsi())``."""
+
+    WINDOW: ClassVar[int]
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None: ...
+    @property
+    def path(self) -> Path: ...
+    @property
+    def read_only(self) -> bool: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def discard(self) -> bool: ...
+    def refresh_capacity(self) -> bool: ...
+
+class VirtioRng(BuiltinDevice):
+    """virtio-rng on virtio-mmio, fed from the host's getrandom."""
+
+    WINDOW: ClassVar[int]
+    def __init__(self) -> None: ...
+
+class VirtioVsock(BuiltinDevice):
+    """virtio-vsock on virtio-mmio with the host side on Unix sockets: host
+    programs connect to `path` and send ``CONNECT <port>\\n``; guest
+    connections to host port P reach the listener at ``<path>_P``."""
+
+    WINDOW: ClassVar[int]
+    def __init__(self, cid: int, path: str | os.PathLike[str]) -> None: ...
+    @property
+    def cid(self) -> int: ...
+    @property
+    def path(self) -> Path: ...

@@ -16,7 +16,7 @@ from .boot.cmdline import kernel_cmdline
 from .boot.layout import ACPI_TABLES_ADDR
 from .config import VMConfig
 from .description import describe
-from .devices import I8042, PmTimer, PowerControl, Serial
+from .devices import I8042, PmTimer, PowerControl, Serial, VirtioBlk, VirtioRng, VirtioVsock
 from .host import HostProfile, host_profile
 from .init_chain import InitChain, InitChainError
 from .x86.cpuid import vcpu_cpuid
@@ -46,6 +46,8 @@ class BuildContext:
     profile: HostProfile = field(default_factory=host_profile)
     created_vm: Vm | None = None
     serial: Serial | None = None
+    # The virtio devices of VMConfig.disks, .vsock and .rng, in that order.
+    virtio: list[VirtioBlk | VirtioVsock | VirtioRng] = field(default_factory=list)
     acpi: AcpiTables | None = None
     # What the registered devices ask of the kernel command line.
     device_kernel_args: list[str] = field(default_factory=list)
@@ -110,6 +112,27 @@ def add_user_devices(ctx: BuildContext) -> None:
     for spec in ctx.config.devices:
         add = ctx.vm.add_pio_device if spec.bus == "pio" else ctx.vm.add_mmio_device
         add(spec.base, spec.length, spec.device, id=spec.id, gsi=spec.gsi)
+
+
+def add_virtio_devices(ctx: BuildContext) -> None:
+    """The configured disks (the guest's vda, vdb, ... in this order), vsock
+    and entropy device, each in an MMIO window with an interrupt line of its
+    own; the firmware step describes them in the DSDT."""
+    config = ctx.config
+    devices: list[VirtioBlk | VirtioVsock | VirtioRng] = [
+        VirtioBlk(disk.path, read_only=disk.read_only) for disk in config.disks
+    ]
+    if config.vsock is not None:
+        devices.append(VirtioVsock(config.vsock.cid, config.vsock.path))
+    if config.rng:
+        devices.append(VirtioRng())
+    for device in devices:
+        ctx.vm.add_mmio_device(None, device.WINDOW, device, gsi=ctx.vm.allocate_gsi())
+        ctx.virtio.append(device)
+
+
+def drop_virtio_devices(ctx: BuildContext) -> None:
+    ctx.virtio.clear()
 
 
 def describe_machine(ctx: BuildContext) -> None:
@@ -207,6 +230,7 @@ def default_init_chain(profile: HostProfile | None = None) -> InitChain[BuildCon
     chain.add("i8042", "dev", add_i8042)
     chain.add("acpi-devices", "dev", add_acpi_devices)
     chain.add("devices", "dev", add_user_devices)
+    chain.add("virtio", "dev", add_virtio_devices, drop_virtio_devices)
     chain.add("acpi", "firmware", describe_machine, drop_description)
     chain.add("kernel", "late", load_linux)
     chain.add("vcpus", "late", create_vcpus, drop_vcpus)

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from ._core import VmmError
+from .config import Disk, Vsock
 from .microvm import ConsoleSink
 from .progress import BootProgress
 from .runner import DEFAULT_TIMEOUT, RunResult, run
@@ -29,10 +30,28 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds")
     boot.add_argument("--console", action="store_true", help="show the guest console on stderr")
     boot.add_argument(
+        "--disk",
+        action="append",
+        default=[],
+        type=Disk.parse,
+        metavar="PATH[,ro]",
+        help="a raw disk image as a virtio disk (/dev/vda, /dev/vdb, ... in order); ,ro "
+        "attaches it read-only; with --cmdline root=/dev/vda the command runs in it",
+    )
+    boot.add_argument(
+        "--vsock",
+        metavar="PATH",
+        help="a virtio-vsock device (guest CID 3): host programs connect to the Unix "
+        "socket PATH and send 'CONNECT <port>\\n'; guest connections to host port P reach "
+        "PATH_P",
+    )
+    boot.add_argument("--rng", action="store_true", help="a virtio entropy device (/dev/hwrng)")
+    boot.add_argument(
         "--snapshot",
         action="store_true",
         help="boot once and keep the ready guest as a snapshot in the cache; later runs with "
-        "the same kernel, initrd, command line, memory and vCPUs restore it instead of booting",
+        "the same kernel, initrd, command line, memory and vCPUs restore it instead of booting "
+        "(no virtio devices)",
     )
     boot.add_argument("command", nargs="+", help="the command to run in the guest")
     return parser
@@ -66,6 +85,9 @@ def _run_showing_progress(args: argparse.Namespace) -> RunResult:
             cmdline=args.cmdline,
             timeout=args.timeout,
             console=console,
+            disks=args.disk,
+            vsock=Vsock(args.vsock) if args.vsock is not None else None,
+            rng=args.rng,
             snapshot=args.snapshot,
         )
 

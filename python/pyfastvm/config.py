@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -73,6 +74,94 @@ class DeviceSpec:
         return f"{self.label} ({self.bus} {self.base:#x}-{self.end - 1:#x})"
 
 
+SECTOR = 512
+SOCKET_PATH_LIMIT = 107  # sockaddr_un's sun_path less its NUL
+FIRST_GUEST_CID = 3
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A virtio-blk disk backed by the raw image at `path`, read-write unless
+    `read_only`. The guest sees the disks as /dev/vda, /dev/vdb, ... in
+    order; `root=/dev/vda` on the command line makes pyfastvm's runner run
+    the command in that filesystem."""
+
+    path: Path | str
+    read_only: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @classmethod
+    def parse(cls, text: str) -> Disk:
+        """``PATH`` or ``PATH,ro`` (``PATH,rw``), as ``--disk`` takes it."""
+        path, _, mode = text.rpartition(",") if text.endswith((",ro", ",rw")) else (text, "", "")
+        return cls(path, read_only=mode == "ro")
+
+    def check(self) -> None:
+        """Raises ConfigError unless the image can be opened as asked."""
+        path = Path(self.path)
+        fix = "pass a raw disk image (e.g. made with mke2fs or truncate)"
+        _check_file("disk image", path, fix)
+        size = path.stat().st_size
+        if size < SECTOR:
+            raise ConfigError(
+                f"the disk image {path} has {size} bytes: a disk holds at least one "
+                f"{SECTOR}-byte sector; {fix}"
+            )
+        if not os.access(path, os.R_OK):
+            raise ConfigError(f"the disk image {path} is not readable: check its permissions")
+        if not self.read_only and not _writable(path):
+            raise ConfigError(
+                f"the disk image {path} is read-only, and the disk asks for read-write: "
+                "attach it with read_only=True (CLI: --disk PATH,ro), or make it writable"
+            )
+
+
+def _writable(path: Path) -> bool:
+    """Writable by us and by its mode: root may write any file, but a file
+    with no write bit is meant to stay as it is."""
+    return os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
+
+
+@dataclass(frozen=True)
+class Vsock:
+    """A virtio-vsock device: the guest is context id `cid`; host programs
+    connect to the Unix socket `path` (which pyfastvm creates, and removes
+    with the VM) and write ``CONNECT <port>\\n`` to reach the guest's
+    listener on that port; a guest connection to host (CID 2) port P reaches
+    the Unix listener at ``<path>_P``."""
+
+    path: Path | str
+    cid: int = FIRST_GUEST_CID
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    def check(self) -> None:
+        """Raises ConfigError unless the socket can be created at `path`."""
+        path = Path(self.path)
+        if isinstance(self.cid, bool) or not FIRST_GUEST_CID <= self.cid < 0xFFFF_FFFF:
+            raise ConfigError(
+                f"vsock cid={self.cid!r}: give a context id from {FIRST_GUEST_CID} "
+                "(0-2 are the hypervisor's and the host's) to 2**32 - 2"
+            )
+        if len(os.fsencode(path)) > SOCKET_PATH_LIMIT - len("_4294967295"):
+            raise ConfigError(
+                f"the vsock socket path {path} is too long for a Unix socket (with its "
+                f"_PORT listeners, at most {SOCKET_PATH_LIMIT - 11} bytes): pick a shorter one"
+            )
+        if path.exists() or path.is_symlink():
+            raise ConfigError(
+                f"the vsock socket path {path} exists already: remove it or pick another"
+            )
+        parent = path.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(
+                f"the vsock socket {path} cannot be created: {parent} is not a writable directory"
+            )
+
+
 @dataclass(frozen=True)
 class VMConfig:
     """A micro-VM: kernel, initrd, command line, memory, vCPUs and devices.
@@ -89,6 +178,10 @@ class VMConfig:
     vcpus: int = 1
     devices: list[DeviceSpec] = field(default_factory=list)
     timeout: float | None = None
+    # virtio devices: disks (/dev/vda, ...), a vsock channel, an entropy source.
+    disks: list[Disk] = field(default_factory=list)
+    vsock: Vsock | None = None
+    rng: bool = False
 
     def __post_init__(self) -> None:
         # Accept str paths too; the rest of pyfastvm sees Path.
@@ -120,6 +213,17 @@ class VMConfig:
             raise ConfigError(
                 f"timeout={self.timeout}: give a positive number of seconds, or None for none"
             )
+        self._check_virtio()
+
+    def _check_virtio(self) -> None:
+        for disk in self.disks:
+            if not isinstance(disk, Disk):
+                raise ConfigError(f"disks: {disk!r} is not a pyfastvm.Disk(path, read_only=...)")
+            disk.check()
+        if self.vsock is not None:
+            if not isinstance(self.vsock, Vsock):
+                raise ConfigError(f"vsock={self.vsock!r}: give a pyfastvm.Vsock(path, cid=3)")
+            self.vsock.check()
 
     def _check_memory(self) -> None:
         size = self.memory_bytes

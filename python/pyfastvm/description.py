@@ -24,6 +24,9 @@ I8042_ARGS = ("i8042.noaux", "i8042.nomux", "i8042.dumbkbd")
 # built with EFI support picks an EFI reboot on a hardware-reduced ACPI
 # machine and, finding no EFI, jumps to a BIOS reset vector a micro-VM lacks.
 POWER_CONTROL_ARGS = ("reboot=acpi",)
+# What Linux's virtio_mmio driver matches in ACPI (drivers/virtio/virtio_mmio.c).
+VIRTIO_MMIO_HID = "LNRO0005"
+VIRTIO_KINDS = ("VirtioBlk", "VirtioRng", "VirtioVsock")
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,33 @@ def i8042_description(info: DeviceInfo) -> DeviceDescription:
     return DeviceDescription(kernel_args=I8042_ARGS)
 
 
+def virtio_mmio_description(info: DeviceInfo) -> DeviceDescription:
+    """A virtio-mmio device in \\_SB: LNRO0005 with its MMIO window and its
+    interrupt, edge-triggered and active high as KVM's irqfd pulses it (the
+    stock kernel has no command-line virtio-mmio devices, so this is how it
+    finds them). Named after its window, so every name is unique."""
+    if info.gsi is None:
+        raise ValueError(
+            f"virtio device {info.id} has no interrupt line: add it with gsi=vm.allocate_gsi()"
+        )
+    uid = (info.base >> 12) & 0xFFF
+    virtio = aml.device(
+        f"V{uid:03X}",
+        aml.name("_HID", aml.string(VIRTIO_MMIO_HID)),
+        aml.name("_UID", aml.integer(uid)),
+        aml.name(
+            "_CRS",
+            aml.resource_template(
+                aml.memory32_fixed(info.base, info.length), aml.extended_interrupt(info.gsi)
+            ),
+        ),
+    )
+    return DeviceDescription(aml.scope("\\_SB", virtio))
+
+
 BUILTIN_DESCRIPTIONS: dict[str, Callable[[DeviceInfo], DeviceDescription]] = {
     "Serial": serial_description,
     "PowerControl": power_control_description,
     "I8042": i8042_description,
+    **dict.fromkeys(VIRTIO_KINDS, virtio_mmio_description),
 }

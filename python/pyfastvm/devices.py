@@ -15,6 +15,9 @@ from ._core import (
     PowerControl,
     Serial,
     Sink,
+    VirtioBlk,
+    VirtioRng,
+    VirtioVsock,
     restore_device_state,
     save_device_state,
 )
@@ -82,6 +85,9 @@ __all__ = [
     "PowerControl",
     "Serial",
     "Sink",
+    "VirtioBlk",
+    "VirtioRng",
+    "VirtioVsock",
     "restore_device_state",
     "save_device_state",
 ]

@@ -8,12 +8,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import VMConfig
-from .errors import GuestError, GuestPanicError, GuestTimeoutError
+from .config import Disk, VMConfig, Vsock
+from .errors import GuestError, GuestPanicError, GuestTimeoutError, InvalidArgumentError
 from .guest import minimal_kernel
 from .guest.console_protocol import INIT_MILESTONE, ConsoleProtocol, new_nonce
 from .guest.debian import busybox_static, debian_kernel
 from .guest.initramfs import build_initramfs
+from .guest.kernel_modules import debian_kernel_modules
+from .guest.virtio_setup import (
+    is_debian_kernel,
+    module_names,
+    setup_archive,
+    setup_command,
+)
 from .host import host_profile
 from .microvm import ConsoleSink, MicroVM, console_writer
 from .ready_snapshots import ready_machine, send_command
@@ -51,16 +58,23 @@ def run(
     cmdline: str = "",
     timeout: float = DEFAULT_TIMEOUT,
     console: ConsoleSink = None,
+    disks: Sequence[Disk] = (),
+    vsock: Vsock | None = None,
+    rng: bool = False,
     snapshot: bool = False,
 ) -> RunResult:
     """Boots `kernel` (by default this host's: see `default_kernel`) with
     `initrd` (if given, its files come first) plus pyfastvm's busybox runner,
     runs `command` as the guest's only program and returns its result.
+    `disks`, `vsock` and `rng` add virtio devices (see VMConfig); with
+    ``root=/dev/vdX`` in `cmdline` the command runs in that disk's
+    filesystem.
 
     With `snapshot`, the guest is booted once per kernel, initrd, command
     line, memory and vCPUs, kept ready as a snapshot in the cache, and every
     later run restores it in milliseconds instead of booting
-    (pyfastvm.ready_snapshots)."""
+    (pyfastvm.ready_snapshots). It takes no virtio devices: a ready guest
+    would hold a disk's old blocks in its page cache."""
     config = VMConfig(
         kernel=Path(kernel) if kernel is not None else default_kernel(),
         initrd=Path(initrd) if initrd is not None else None,
@@ -68,6 +82,9 @@ def run(
         memory=memory,
         vcpus=vcpus,
         timeout=timeout,
+        disks=list(disks),
+        vsock=vsock,
+        rng=rng,
     )
     nonce = new_nonce()
     protocol = ConsoleProtocol(nonce)
@@ -79,10 +96,13 @@ def run(
             user_console(data)
 
     if snapshot:
+        _check_snapshot_config(config)
         machine = ready_machine(config, timeout=timeout, console=on_console)
         send_command(machine, list(command), nonce=nonce)
     else:
+        command, setup = _virtio_setup(config, command)
         overlay = build_initramfs(list(command), nonce=nonce, busybox=busybox_static())
+        overlay += bytes(-len(overlay) % 4) + setup
         machine = MicroVM(config, console=on_console, initrd_overlay=overlay).start()
     with machine:
         stop_reason = _wait_for_report(machine, protocol, timeout)
@@ -103,6 +123,28 @@ def default_kernel() -> Path:
             flush=True,
         )
     return minimal_kernel.minimal_kernel()
+
+
+def _check_snapshot_config(config: VMConfig) -> None:
+    if config.disks or config.vsock is not None or config.rng:
+        raise InvalidArgumentError(
+            "run(snapshot=True) takes no virtio devices (a ready guest would hold a disk's "
+            "old blocks in its page cache); drop snapshot=True or the disks, vsock and rng"
+        )
+
+
+def _virtio_setup(config: VMConfig, command: Sequence[str]) -> tuple[Sequence[str], bytes]:
+    """The command run through the virtio setup script, and the archive with
+    it and the drivers a Debian kernel needs, when the VM has virtio devices
+    or a root disk; else the command as it is."""
+    kinds = ["VirtioBlk"] * len(config.disks)
+    kinds += ["VirtioVsock"] * (config.vsock is not None) + ["VirtioRng"] * config.rng
+    if not kinds:
+        return command, b""
+    assert config.kernel is not None
+    names = module_names(kinds) if is_debian_kernel(config.kernel) else []
+    modules = debian_kernel_modules(names) if names else []
+    return setup_command(command), setup_archive(modules)
 
 
 def _wait_for_report(machine: MicroVM, protocol: ConsoleProtocol, timeout: float) -> str:

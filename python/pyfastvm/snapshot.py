@@ -351,8 +351,9 @@ def add_saved_device(vm: Vm, saved: Mapping[str, Any], given: Mapping[str, objec
         builtin = BUILTIN_DEVICES.get(saved["kind"])
         if builtin is None:
             raise SnapshotError(
-                f"the snapshot has device {saved['id']!r}, a {saved['kind']} written in "
-                f"Python: pass it as devices={{{saved['id']!r}: ...}} to restore it"
+                f"the snapshot has device {saved['id']!r}, a {saved['kind']} that pyfastvm "
+                "cannot rebuild alone (a Python device, or a virtio device with its host file "
+                f"or socket): pass it as devices={{{saved['id']!r}: ...}} to restore it"
             )
         device = builtin()
     restore_device_state(device, saved["state"])

@@ -13,6 +13,7 @@ mod memory;
 mod regs;
 mod state;
 mod vcpu;
+mod virtio;
 mod vm;
 mod worker;
 mod x86;
@@ -41,6 +42,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<state::python::PyVcpuState>()?;
     m.add_class::<state::python::PyVmState>()?;
     devices::register_builtins(m)?;
+    virtio::register(m)?;
     for (name, exception) in [
         ("VmmError", py.get_type::<error::VmmError>()),
         (

@@ -11,14 +11,14 @@ use kvm_bindings::{
     KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
     KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Cap, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, VmFd};
 use pyo3::prelude::*;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::assist::ExitAssists;
 use crate::device_manager::{AddressSpace, DeviceInfo, DeviceManager, Registration};
-use crate::devices::as_device;
+use crate::devices::{as_device, IoEvent};
 use crate::error::{Error, Result};
 use crate::kvm::Kvm;
 use crate::memory::{self, Backing, PyGuestMemory, Ram};
@@ -67,6 +67,8 @@ impl VmShared {
         let (space, base, length) = placement;
         let rust_device = as_device(device)?;
         let interrupt = rust_device.interrupt_fd();
+        let ioevents = rust_device.ioevents();
+        rust_device.attach_memory(&self.ram)?;
         let registered = self.devices_mut().add(Registration {
             id,
             space,
@@ -79,25 +81,41 @@ impl VmShared {
         if let (Some(gsi), Some(fd)) = (gsi, interrupt) {
             self.register_irqfd(fd, gsi)?;
         }
+        for event in ioevents {
+            self.register_ioeventfd(&event, registered.base)?;
+        }
         Ok(DeviceInfo::of(py, &registered))
     }
 
     /// Routes signals on eventfd `fd` to interrupt line `gsi` inside KVM.
     fn register_irqfd(&self, fd: RawFd, gsi: u32) -> Result<()> {
-        // SAFETY: dup gives us our own descriptor for the caller's open file;
-        // KVM checks that it is an eventfd.
-        let own = unsafe { libc::dup(fd) };
-        if own < 0 {
-            return Err(Error::Argument(format!(
-                "register_irqfd: fd {fd} is not open"
-            )));
-        }
-        // SAFETY: `own` is a fresh descriptor that nothing else owns.
-        let eventfd = unsafe { EventFd::from_raw_fd(own) };
+        let eventfd = own_eventfd(fd, "register_irqfd")?;
         self.vm_fd
             .register_irqfd(&eventfd, gsi)
             .map_err(Error::kvm("KVM_IRQFD"))
     }
+
+    /// Lets KVM complete the guest's write of `event.value` at `event.offset`
+    /// from `base` by signalling `event.fd`, without an exit (KVM_IOEVENTFD).
+    fn register_ioeventfd(&self, event: &IoEvent, base: u64) -> Result<()> {
+        let eventfd = own_eventfd(event.fd, "register_ioeventfd")?;
+        let address = IoEventAddress::Mmio(base + event.offset);
+        self.vm_fd
+            .register_ioevent(&eventfd, &address, event.value)
+            .map_err(Error::kvm("KVM_IOEVENTFD"))
+    }
+}
+
+/// Our own descriptor for the caller's eventfd `fd`, which KVM keeps a
+/// reference to once registered; KVM checks that it is an eventfd.
+fn own_eventfd(fd: RawFd, what: &str) -> Result<EventFd> {
+    // SAFETY: dup gives us our own descriptor for the caller's open file.
+    let own = unsafe { libc::dup(fd) };
+    if own < 0 {
+        return Err(Error::Argument(format!("{what}: fd {fd} is not open")));
+    }
+    // SAFETY: `own` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { EventFd::from_raw_fd(own) })
 }
 
 /// Registers every RAM region with KVM, one memory slot each.

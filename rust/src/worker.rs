@@ -99,6 +99,15 @@ impl WorkerControl {
         state.wanted != Wanted::Stop
     }
 
+    /// The worker's side, as its thread ends while the VM goes on (a virtio
+    /// device's on reset): a later pause does not wait for it.
+    pub fn finished(&self) {
+        let mut state = self.lock();
+        state.started = false;
+        state.parked = false;
+        self.changed.notify_all();
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -21,6 +21,11 @@ IO_PORT_DESCRIPTOR = 0x47  # type 8, 7 bytes
 IRQ_DESCRIPTOR = 0x22  # type 4, 2 bytes: edge-triggered, active-high, exclusive
 END_TAG = 0x79  # type 15, 1 byte
 IO_DECODE_16 = 0x01
+# Large resource descriptors (6.4.3): tag byte, then a 16-bit body length.
+MEMORY32_FIXED_DESCRIPTOR = 0x86
+MEMORY_READ_WRITE = 0x01
+EXTENDED_INTERRUPT_DESCRIPTOR = 0x89
+INTERRUPT_CONSUMER, INTERRUPT_EDGE, INTERRUPT_ACTIVE_LOW, INTERRUPT_SHARED = 0x01, 0x02, 0x04, 0x08
 
 
 def pkg_length(body_length: int) -> bytes:
@@ -112,6 +117,24 @@ def io_port(base: int, length: int) -> bytes:
 def irq(line: int) -> bytes:
     """IRQNoFlags(){line}: an ISA interrupt, edge-triggered, active high (6.4.2.1)."""
     return struct.pack("<BH", IRQ_DESCRIPTOR, 1 << line)
+
+
+def memory32_fixed(base: int, length: int, *, writable: bool = True) -> bytes:
+    """Memory32Fixed(ReadWrite, base, length): a fixed MMIO range (6.4.3.4)."""
+    info = MEMORY_READ_WRITE if writable else 0
+    return struct.pack("<BHBII", MEMORY32_FIXED_DESCRIPTOR, 9, info, base, length)
+
+
+def extended_interrupt(
+    gsi: int, *, edge: bool = True, active_low: bool = False, shared: bool = False
+) -> bytes:
+    """Interrupt(ResourceConsumer, Edge, ActiveHigh, Exclusive){gsi}: one
+    interrupt by its GSI, with its trigger and polarity (6.4.3.6)."""
+    flags = INTERRUPT_CONSUMER
+    flags |= INTERRUPT_EDGE if edge else 0
+    flags |= INTERRUPT_ACTIVE_LOW if active_low else 0
+    flags |= INTERRUPT_SHARED if shared else 0
+    return struct.pack("<BHBBI", EXTENDED_INTERRUPT_DESCRIPTOR, 6, flags, 1, gsi)
 
 
 def resource_template(*descriptors: bytes) -> bytes:

@@ -87,7 +87,7 @@ impl BuiltinDevice {
 }
 
 /// The base-class part of a built-in device's Python handle.
-pub(super) fn initializer(device: Arc<dyn Device>) -> PyClassInitializer<BuiltinDevice> {
+pub(crate) fn initializer(device: Arc<dyn Device>) -> PyClassInitializer<BuiltinDevice> {
     PyClassInitializer::from(BuiltinDevice { device })
 }
 

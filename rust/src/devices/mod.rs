@@ -8,9 +8,10 @@ mod power_control;
 mod python;
 mod serial;
 mod serial_state;
-mod state;
+pub(crate) mod state;
 
 pub use builtin::register as register_builtins;
+pub(crate) use builtin::{initializer, BuiltinDevice};
 #[cfg(test)]
 pub use builtin::{DebugExit, Sink};
 pub use python::as_device;
@@ -19,6 +20,9 @@ pub use state::{restore_device_state, save_device_state};
 use serde_json::Value;
 
 use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use vm_memory::GuestMemoryMmap;
 
 use crate::error::Result;
 use crate::worker::WorkerControl;
@@ -43,6 +47,15 @@ pub enum StopReason {
     PowerOff,
 }
 
+/// A guest write the VM turns into an eventfd signal inside KVM
+/// (KVM_IOEVENTFD), so it never exits to the VMM: a 4-byte write of `value`
+/// at `offset` in the device's range signals `fd` (a virtio QueueNotify).
+pub struct IoEvent {
+    pub offset: u64,
+    pub value: u32,
+    pub fd: RawFd,
+}
+
 /// A device on a bus. `offset` is relative to the base of its range; `data`
 /// holds one access of 1, 2, 4 or 8 bytes, little-endian.
 pub trait Device: Send + Sync {
@@ -59,6 +72,17 @@ pub trait Device: Send + Sync {
     /// pauses, resumes and stops it with its vCPUs.
     fn worker(&self) -> Option<&WorkerControl> {
         None
+    }
+
+    /// The writes KVM should signal on eventfds instead of exiting.
+    fn ioevents(&self) -> Vec<IoEvent> {
+        Vec::new()
+    }
+
+    /// Gives a device that reads and writes guest RAM itself (a virtio
+    /// device, from its own thread) the RAM of the VM it is added to.
+    fn attach_memory(&self, _memory: &Arc<GuestMemoryMmap>) -> Result<()> {
+        Ok(())
     }
 
     fn read(&self, offset: u64, data: &mut [u8]) -> Result<IoAction>;
