@@ -28,6 +28,7 @@ MINIMAL_BOOT_TIMEOUT = 300.0
 
 
 @pytest.mark.slow
+@pytest.mark.hwkvm
 def test_stock_kernel_runs_a_command_as_a_kvm_guest(tmp_path: Path) -> None:
     """Boots Debian's cloud kernel with 2 vCPUs, which it finds only through
     ACPI, and runs `uname -r` in it. The same boot has a virtio disk, vsock

@@ -29,6 +29,8 @@ from pyfastvm.guest.debian import busybox_static
 from pyfastvm.runner import default_kernel
 from pyfastvm.testing.vsock_program import vsock_stream_program
 
+pytestmark = pytest.mark.hwkvm
+
 BOOT_TIMEOUT = 900.0
 MEGABYTE = 1 << 20
 HOST_PORT, GUEST_PORT = 5000, 6000

@@ -17,6 +17,8 @@ from pyfastvm.devices import DebugExit, VirtioBlk, VirtioRng, VirtioVsock
 from pyfastvm.testing import virtio_driver as virtio
 from pyfastvm.testing.mmio_script import MmioScript, results, script_vcpu
 
+pytestmark = pytest.mark.hwkvm
+
 QUEUE = virtio.SplitQueue(base=0x100000, size=16)
 BUFFERS = 0x200000
 MAGIC_VALUE = 0x74726976  # "virt"
