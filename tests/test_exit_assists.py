@@ -41,7 +41,9 @@ def test_fwait_and_ldmxcsr_complete() -> None:
     vm.add_pio_device(DEBUG_EXIT_PORT, 1, DebugExit())
     vm.memory.write(MXCSR_AT, ROUND_DOWN_MXCSR.to_bytes(4, "little"))
     vcpu = long_mode_vcpu(vm, FWAIT_LDMXCSR)
-    assert (vcpu.run().status, vcpu.get_regs().rip) == (7, 0x10000 + len(FWAIT_LDMXCSR))
+    # (The RIP at the OUT's exit is not compared: on SVM without next-RIP
+    # support KVM moves past the OUT only when the vCPU runs again.)
+    assert (vcpu.run().status, vcpu.get_fpu().mxcsr) == (7, ROUND_DOWN_MXCSR)
     if PROFILE.is_pvm:
         counts = vm.exit_assist_counts()
         assert (counts["fwait"], counts["ldmxcsr"]) == (1, 1)

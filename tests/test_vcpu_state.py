@@ -20,8 +20,9 @@ from pyfastvm.devices import DebugExit
 pytestmark = pytest.mark.hwkvm
 
 MSR_IA32_TSC = 0x10
-# MSRs that count on their own where KVM lists them: TSC, MPERF, APERF.
-COUNTING_MSRS = {MSR_IA32_TSC, 0xE7, 0xE8}
+# MSRs that count on their own where KVM lists them: TSC, MPERF, APERF, and
+# the Hyper-V VP runtime and reference time counter (listed on SVM hosts).
+COUNTING_MSRS = {MSR_IA32_TSC, 0xE7, 0xE8, 0x4000_0010, 0x4000_0020}
 MSR_IA32_SYSENTER_CS = 0x174
 MSR_IA32_SYSENTER_EIP = 0x176
 MSR_STAR = 0xC000_0081

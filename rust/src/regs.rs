@@ -276,6 +276,13 @@ const XSAVE_MXCSR_WORD: usize = 24 / 4;
 const XSAVE_XSTATE_BV_WORD: usize = 512 / 4;
 const XFEATURE_FP_AND_SSE: u32 = 0b11;
 
+/// Puts `mxcsr` into `xsave` for KVM_SET_XSAVE, marking the legacy area as
+/// loaded (see the constants above).
+pub fn put_mxcsr(xsave: &mut kvm_xsave, mxcsr: u32) {
+    xsave.region[XSAVE_MXCSR_WORD] = mxcsr;
+    xsave.region[XSAVE_XSTATE_BV_WORD] |= XFEATURE_FP_AND_SSE;
+}
+
 /// The FPU state as KVM_GET_FPU reports it, MXCSR included as 0.
 impl From<&kvm_fpu> for Fpu {
     fn from(k: &kvm_fpu) -> Self {
@@ -300,14 +307,6 @@ impl Fpu {
             mxcsr: xsave.region[XSAVE_MXCSR_WORD],
             ..Fpu::from(k)
         }
-    }
-
-    /// Puts this state's MXCSR into `xsave` for KVM_SET_XSAVE. With the FP
-    /// and SSE bits in XSTATE_BV, XRSTOR loads the legacy area (x87 state,
-    /// MXCSR, XMM registers) instead of their initial values.
-    pub fn apply_mxcsr(&self, xsave: &mut kvm_xsave) {
-        xsave.region[XSAVE_MXCSR_WORD] = self.mxcsr;
-        xsave.region[XSAVE_XSTATE_BV_WORD] |= XFEATURE_FP_AND_SSE;
     }
 
     pub fn to_kvm(&self) -> PyResult<kvm_fpu> {

@@ -1,5 +1,5 @@
 //! LDMXCSR m32 at CPL 0 on KVM-on-PVM hosts, which the emulator lacks: the
-//! VMM reads the operand and loads MXCSR through KVM_SET_FPU (Intel SDM vol.
+//! VMM reads the operand and loads MXCSR through KVM_SET_XSAVE (Intel SDM vol.
 //! 2A, "LDMXCSR": 0F AE /2).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,9 +37,7 @@ impl ExitAssist for LdmxcsrAssist {
         };
         let mut value = [0u8; 4];
         cpu.read_virtual(operand.address, &mut value)?;
-        let mut fpu = cpu.ioctls.get_fpu()?;
-        fpu.mxcsr = u32::from_le_bytes(value);
-        cpu.ioctls.set_fpu(&fpu)?;
+        cpu.ioctls.set_mxcsr(u32::from_le_bytes(value))?;
         cpu.skip_instruction(operand.length);
         self.completed.fetch_add(1, Ordering::Relaxed);
         Ok(true)

@@ -12,7 +12,7 @@ mod syscall;
 use std::collections::BTreeMap;
 
 use kvm_bindings::{
-    kvm_enable_cap, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_sync_regs, Msrs,
+    kvm_enable_cap, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_sync_regs, Msrs,
     KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER, KVM_SYNC_X86_EVENTS, KVM_SYNC_X86_REGS,
     KVM_SYNC_X86_SREGS,
 };
@@ -21,6 +21,7 @@ use serde_json::Value;
 use vm_memory::GuestMemoryMmap;
 
 use crate::error::{Error, Result};
+use crate::regs::put_mxcsr;
 use crate::x86::paging::Paging;
 
 /// The ioctls an assist may need beyond the synced registers; rare by design
@@ -28,8 +29,7 @@ use crate::x86::paging::Paging;
 pub trait VcpuIoctls {
     fn get_msr(&mut self, index: u32) -> Result<u64>;
     fn set_msr(&mut self, index: u32, value: u64) -> Result<()>;
-    fn get_fpu(&mut self) -> Result<kvm_fpu>;
-    fn set_fpu(&mut self, fpu: &kvm_fpu) -> Result<()>;
+    fn set_mxcsr(&mut self, mxcsr: u32) -> Result<()>;
 }
 
 impl VcpuIoctls for VcpuFd {
@@ -64,12 +64,14 @@ impl VcpuIoctls for VcpuFd {
         }
     }
 
-    fn get_fpu(&mut self) -> Result<kvm_fpu> {
-        VcpuFd::get_fpu(self).map_err(Error::kvm("KVM_GET_FPU"))
-    }
-
-    fn set_fpu(&mut self, fpu: &kvm_fpu) -> Result<()> {
-        VcpuFd::set_fpu(self, fpu).map_err(Error::kvm("KVM_SET_FPU"))
+    /// Through XSAVE: KVM_SET_FPU leaves MXCSR out.
+    fn set_mxcsr(&mut self, mxcsr: u32) -> Result<()> {
+        let mut xsave = self.get_xsave().map_err(Error::kvm("KVM_GET_XSAVE"))?;
+        put_mxcsr(&mut xsave, mxcsr);
+        // SAFETY: KVM reads the 4096 bytes of a kvm_xsave; the state is
+        // larger only with dynamic XSTATE features (AMX) that the VMM asked
+        // for with arch_prctl, which pyfastvm never does.
+        unsafe { self.set_xsave(&xsave) }.map_err(Error::kvm("KVM_SET_XSAVE"))
     }
 }
 

@@ -273,7 +273,7 @@ fn flat_segment(selector: u16, type_: u8) -> kvm_segment {
 mod tests {
     use std::collections::HashMap;
 
-    use kvm_bindings::{kvm_fpu, kvm_sync_regs, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
+    use kvm_bindings::{kvm_sync_regs, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
     use vm_memory::GuestMemoryMmap;
 
     use super::*;
@@ -304,11 +304,7 @@ mod tests {
             Ok(())
         }
 
-        fn get_fpu(&mut self) -> Result<kvm_fpu> {
-            unreachable!("the SYSCALL assist never needs the FPU")
-        }
-
-        fn set_fpu(&mut self, _fpu: &kvm_fpu) -> Result<()> {
+        fn set_mxcsr(&mut self, _mxcsr: u32) -> Result<()> {
             unreachable!("the SYSCALL assist never needs the FPU")
         }
     }

@@ -75,11 +75,7 @@ pub fn save(fd: &VcpuFd) -> Result<VcpuState> {
         .tsc_khz
         .then(|| fd.get_tsc_khz().map_err(Error::kvm("KVM_GET_TSC_KHZ")))
         .transpose()?;
-    let cpuid = fd
-        .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
-        .map_err(Error::kvm("KVM_GET_CPUID2"))?
-        .as_slice()
-        .to_vec();
+    let cpuid = read_cpuid(fd)?;
     let msrs = msrs::read_all(fd, &host.msr_indices)?;
     // Events last: the pending exception, interrupt and NMI it records
     // include what the reads above may have moved there.
@@ -153,6 +149,22 @@ pub fn restore(fd: &VcpuFd, state: &VcpuState) -> Result<()> {
 /// Tells a guest using kvmclock that it was paused, so its soft-lockup
 /// watchdog does not take the gap for a hang. KVM refuses (EINVAL) when the
 /// guest has not enabled kvmclock: then there is nobody to tell.
+/// The vCPU's CPUID leaves (KVM_GET_CPUID2). Older kernels (Debian 12's
+/// 6.1 among them) leave `nent` at the caller's count on success, so the unwritten tail of the
+/// zeroed buffer reads as all-zero entries; a leaf KVM holds is never all
+/// zero (leaf 0 names the vendor), so that tail is cut off.
+pub fn read_cpuid(fd: &VcpuFd) -> Result<Vec<kvm_cpuid_entry2>> {
+    let cpuid = fd
+        .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+        .map_err(Error::kvm("KVM_GET_CPUID2"))?;
+    let entries = cpuid.as_slice();
+    let written = entries
+        .iter()
+        .rposition(|entry| *entry != kvm_cpuid_entry2::default())
+        .map_or(0, |last| last + 1);
+    Ok(entries[..written].to_vec())
+}
+
 fn pause_kvmclock(fd: &VcpuFd, host: &HostSupport) -> Result<()> {
     if !host.kvmclock_ctrl {
         return Ok(());

@@ -18,6 +18,7 @@ pub use kick::install_kick_handler;
 use kick::kick_signal;
 use run_area::RunArea;
 
+use crate::assist::VcpuIoctls;
 use crate::error::{Error, Result};
 use crate::exit::Exit;
 use crate::regs::{CpuidEntry, Fpu, Regs, Sregs};
@@ -190,12 +191,7 @@ impl Vcpu {
         let state = fpu.to_kvm()?;
         self.shared.with_fd(|fd| {
             // MXCSR first; KVM_SET_FPU then writes the rest of the legacy area.
-            let mut xsave = fd.get_xsave().map_err(Error::kvm("KVM_GET_XSAVE"))?;
-            fpu.apply_mxcsr(&mut xsave);
-            // SAFETY: KVM reads the 4096 bytes of a kvm_xsave; the state is
-            // larger only with dynamic XSTATE features (AMX) that the VMM
-            // asked for with arch_prctl, which pyfastvm never does.
-            unsafe { fd.set_xsave(&xsave) }.map_err(Error::kvm("KVM_SET_XSAVE"))?;
+            VcpuIoctls::set_mxcsr(fd, fpu.mxcsr)?;
             fd.set_fpu(&state).map_err(Error::kvm("KVM_SET_FPU"))
         })
     }
@@ -237,10 +233,8 @@ impl Vcpu {
     /// KVM keeps up to date (and on KVM on PVM, the host's own feature bits).
     fn get_cpuid(&self) -> Result<Vec<CpuidEntry>> {
         self.shared.with_fd(|fd| {
-            let cpuid = fd
-                .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-                .map_err(Error::kvm("KVM_GET_CPUID2"))?;
-            Ok(cpuid.as_slice().iter().map(CpuidEntry::from).collect())
+            let cpuid = crate::state::vcpu::read_cpuid(fd)?;
+            Ok(cpuid.iter().map(CpuidEntry::from).collect())
         })
     }
 
