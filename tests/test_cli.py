@@ -12,6 +12,7 @@ from pyfastvm.guest.minimal_kernel import minimal_kernel
 from pyfastvm.progress import CLEAR_LINE
 
 BOOT_TIMEOUT = 300.0
+GUEST_TIMEOUT = 240.0
 
 
 def pyfastvm_run(*args: str) -> list[str]:
@@ -20,9 +21,18 @@ def pyfastvm_run(*args: str) -> list[str]:
 
 @pytest.mark.hwkvm
 def test_the_cli_prints_the_output_and_exits_with_the_code_quietly_off_a_terminal() -> None:
-    command = pyfastvm_run("--snapshot", "--", "sh", "-c", "echo from-the-guest; exit 7")
+    # The CLI's own timeout comes first, so a stuck guest's console tail is on stderr.
+    command = pyfastvm_run(
+        "--snapshot",
+        "--timeout",
+        str(GUEST_TIMEOUT),
+        "--",
+        "sh",
+        "-c",
+        "echo from-the-guest; exit 7",
+    )
     done = subprocess.run(command, capture_output=True, text=True, timeout=BOOT_TIMEOUT)
-    assert (done.returncode, done.stdout) == (7, "from-the-guest\n")
+    assert (done.returncode, done.stdout) == (7, "from-the-guest\n"), done.stderr
     assert CLEAR_LINE not in done.stderr  # no progress line when stderr is not a terminal
 
 

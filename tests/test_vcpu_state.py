@@ -38,6 +38,7 @@ DISTINCT_MSRS = {
     MSR_KERNEL_GS_BASE: 0xFFFF_8880_0000_0000,
 }
 APIC_TPR = 0x80
+AN_HOUR_OF_TSC = 3600 * 3_000_000_000
 NMI_PENDING = 13  # offset of nmi.pending in struct kvm_vcpu_events
 EXCEPTION_NR, EXCEPTION_HAS_ERROR_CODE, EXCEPTION_ERROR_CODE = 1, 2, 4
 GENERAL = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp"]
@@ -61,6 +62,10 @@ def distinctive_vcpu(vm: pyfastvm.Vm) -> pyfastvm.Vcpu:
     regs.rip, regs.rflags = 0x10000, 0x202
     vcpu.set_regs(regs)
     vcpu.set_msrs(DISTINCT_MSRS)
+    # A TSC as far on as a guest's that has run for an hour: KVM takes a
+    # host-side TSC write within a second of a new vCPU's own as a request
+    # to synchronise with it (kvm_synchronize_tsc) and keeps its own value.
+    vcpu.set_msrs({MSR_IA32_TSC: AN_HOUR_OF_TSC})
     lapic = bytearray(vcpu.get_lapic())
     lapic[APIC_TPR] = 0x20
     vcpu.set_lapic(bytes(lapic))

@@ -1,6 +1,8 @@
 """``python3 -m pyfastvm.testing.hwkvm [options] -- COMMAND ...``: runs
 COMMAND in the hardware-KVM lane and exits with its exit status (125 when
-the lane itself failed, with the reason on stderr)."""
+the lane itself failed, with the reason on stderr).
+``python3 -m pyfastvm.testing.hwkvm --fetch-only`` fetches and builds the
+guest images on the host and exits (the lane's guest has no network)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from ..._core import VmmError
-from .lane import DEFAULT_TIMEOUT, run_in_lane
+from .lane import DEFAULT_TIMEOUT, prefetch_guest_images, run_in_lane
 
 LANE_FAILED = 125
 
@@ -26,13 +28,24 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not fetch pyfastvm's test kernels and busybox on the host first",
     )
-    parser.add_argument("command", nargs="+", help="the command to run in the guest")
+    parser.add_argument(
+        "--fetch-only",
+        action="store_true",
+        help="fetch and build pyfastvm's test kernels and busybox on the host, then exit",
+    )
+    parser.add_argument("command", nargs="*", help="the command to run in the guest")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.fetch_only and not args.command:
+        parser.error("give the COMMAND to run in the lane (after --), or --fetch-only")
     try:
+        if args.fetch_only:
+            prefetch_guest_images()
+            return 0
         return run_in_lane(
             args.command, timeout=args.timeout, memory=args.memory, prefetch=args.prefetch
         )

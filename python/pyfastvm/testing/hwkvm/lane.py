@@ -12,7 +12,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ...guest.debian import busybox_static, debian_kernel
+from ...guest.kernel_modules import debian_kernel_modules
 from ...guest.minimal_kernel import minimal_kernel
+from ...guest.virtio_setup import DEVICE_MODULES, module_names
 from . import qemu
 from .errors import GuestKvmMissingError, LaneError
 from .image import (
@@ -62,8 +64,11 @@ def run_in_lane(
 
 
 def prefetch_guest_images() -> None:
-    """The guest images pyfastvm's tests boot, fetched or built on the host."""
+    """The guest images pyfastvm's tests boot, fetched or built on the host,
+    with the stock kernel's virtio modules (a boot with every kind of virtio
+    device loads them all)."""
     debian_kernel()
+    debian_kernel_modules(module_names(DEVICE_MODULES))
     busybox_static()
     minimal_kernel()
 
