@@ -87,6 +87,8 @@ mount -t devtmpfs devtmpfs /dev
 for module in {" ".join(modules)}; do
     insmod /modules/$module.ko || echo "pyfastvm-hwkvm: insmod $module failed"
 done
+# The console carries the command's output, not KVM's notes on MSRs it ignores.
+echo N 2>/dev/null > /sys/module/kvm/parameters/report_ignored_msrs
 if ! mount -t 9p -o {NINEP_OPTIONS} {RESULTS_TAG} /results; then
     echo "pyfastvm-hwkvm: cannot mount the results share"
     poweroff -f
