@@ -14,6 +14,8 @@ from guest_loops import COUNT_ADDRESS
 PER_EXIT_NS: dict[tuple[str, str], float] = {}
 # Seconds from start to the kernel's "Run /init", by (VMM, boot), one run each.
 BOOT_TO_INIT: dict[tuple[str, str], float] = {}
+# virtio figures, each with its floor in the same words, by name.
+VIRTIO_FIGURES: dict[str, str] = {}
 
 Recorder = Callable[[str, str, float, int], None]
 BootRecorder = Callable[[str, str, float], None]
@@ -57,6 +59,7 @@ def start_floor(floor_binary: Path) -> Iterator[FloorStarter]:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     _boot_summary(terminalreporter.write_line)
     _exit_summary(terminalreporter.write_line)
+    _virtio_summary(terminalreporter.write_line)
 
 
 def _boot_summary(write: Callable[[str], None]) -> None:
@@ -70,6 +73,13 @@ def _boot_summary(write: Callable[[str], None]) -> None:
         ours, qemu = BOOT_TO_INIT.get(("pyfastvm", boot)), BOOT_TO_INIT[("qemu", boot)]
         if ours is not None:
             write(f"  {boot:16} {ours:7.2f} s / {qemu:7.2f} s = {ours / qemu:.2f}")
+
+
+def _virtio_summary(write: Callable[[str], None]) -> None:
+    if VIRTIO_FIGURES:
+        write("\nvirtio figures, each beside its floor:")
+        for name, figure in sorted(VIRTIO_FIGURES.items()):
+            write(f"  {name}: {figure}")
 
 
 def _exit_summary(write: Callable[[str], None]) -> None:

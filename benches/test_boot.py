@@ -93,6 +93,7 @@ class Phases:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self._started = 0.0
+        self._recent = b""  # a milestone may come in pieces
 
     def start(self) -> None:
         self._started = time.monotonic()
@@ -101,8 +102,9 @@ class Phases:
         self.seconds.setdefault(name, round(time.monotonic() - self._started, 3))
 
     def feed(self, data: bytes) -> None:
+        self._recent = self._recent[-256:] + data
         for name, text in self.MILESTONES:
-            if text in data:
+            if text in self._recent:
                 self.mark(name)
 
 

@@ -20,10 +20,10 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import VIRTIO_FIGURES as FIGURES
 from pytest_benchmark.fixture import BenchmarkFixture
 
 import pyfastvm
@@ -38,7 +38,6 @@ ROUNDS = 10
 QUEUE = virtio.SplitQueue(base=0x100000, size=256)
 BUFFER = 0x200000
 SINK_BASE = 0xD000_0000
-FIGURES: dict[str, str] = {}
 
 
 def notification_vm(floor: bool) -> pyfastvm.Vcpu:
@@ -75,14 +74,19 @@ def test_transport_notification_to_completion(benchmark: BenchmarkFixture, case:
 
 
 DISK_MIB = 64
-SEQ_RE = re.compile(r"(\d+) bytes .* copied, ([\d.]+) seconds")
 PING_COUNT = 200
 STREAM_MIB = 16
+# Each timed step prints "LABEL BYTES START END", its times from /proc/uptime
+# (busybox's dd prints no rate).
 LINUX_SCRIPT = f"""
-dd if=/dev/vda of=/dev/null bs=1M iflag=direct 2>&1 | tail -n 1 | sed 's/^/seq /'
-dd if=/dev/vda of=/dev/null bs=4096 count=4096 skip=1024 iflag=direct 2>&1 | tail -n 1 | \
-    sed 's/^/4k /'
-dd if=/dev/zero of=/dev/ttyS0 bs=1024 count=32 2>&1 | tail -n 1 | sed 's/^/console /'
+timed() {{
+    label=$1 bytes=$2; shift 2
+    start=$(cut -d' ' -f1 /proc/uptime); "$@" 2>/dev/null; end=$(cut -d' ' -f1 /proc/uptime)
+    echo "$label $bytes $start $end"
+}}
+timed seq {DISK_MIB << 20} dd if=/dev/vda of=/dev/null bs=1M iflag=direct
+timed 4k {4096 * 4096} dd if=/dev/vda of=/dev/null bs=4096 count=4096 skip=1024 iflag=direct
+timed console {32 * 1024} dd if=/dev/zero of=/dev/ttyS0 bs=1024 count=32
 /pyfastvm-bench/echo &
 head -c {STREAM_MIB << 20} /dev/zero | /pyfastvm-bench/send > /dev/null
 wait
@@ -99,8 +103,11 @@ def host_reads(path: Path, block: int, count: int, offsets: list[int]) -> float:
         return time.perf_counter() - start
 
 
-def rate(match: re.Match[str]) -> tuple[int, float]:
-    return int(match.group(1)), float(match.group(2))
+def rate(output: str, label: str) -> tuple[int, float]:
+    """Bytes and seconds of the step `label` of LINUX_SCRIPT."""
+    match = re.search(rf"^{label} (\d+) ([\d.]+) ([\d.]+)$", output, re.MULTILINE)
+    assert match is not None, f"no timing for {label!r} in:\n{output}"
+    return int(match[1]), float(match[3]) - float(match[2])
 
 
 def test_linux_blk_and_vsock_beside_their_floors(tmp_path: Path) -> None:
@@ -134,10 +141,10 @@ def test_linux_blk_and_vsock_beside_their_floors(tmp_path: Path) -> None:
     )
     for thread in threads:
         thread.join(timeout=60)
-    lines = {line.split(" ", 1)[0]: line for line in result.stdout.decode().splitlines()}
-    seq_bytes, seq_seconds = rate(SEQ_RE.search(lines["seq"]))  # type: ignore[arg-type]
-    small_bytes, small_seconds = rate(SEQ_RE.search(lines["4k"]))  # type: ignore[arg-type]
-    console_bytes, console_seconds = rate(SEQ_RE.search(lines["console"]))  # type: ignore[arg-type]
+    output = result.stdout.decode()
+    seq_bytes, seq_seconds = rate(output, "seq")
+    small_bytes, small_seconds = rate(output, "4k")
+    console_bytes, console_seconds = rate(output, "console")
     offsets = [n * 4096 for n in random.Random(2).sample(range(DISK_MIB * 256), 4096)]
     host_seq = host_reads(image, 1 << 20, DISK_MIB, [n << 20 for n in range(DISK_MIB)])
     host_small = host_reads(image, 4096, 4096, offsets)
@@ -193,14 +200,3 @@ def ping(sock: Path, out: list[float]) -> None:
                 connection.recv(1)
                 return
         time.sleep(0.5)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def print_figures(pytestconfig: pytest.Config) -> Iterator[None]:
-    """The figures, each beside its floor, after the module's benchmarks."""
-    yield
-    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-    if FIGURES and reporter is not None:
-        reporter.write_line("\nvirtio figures, each beside its floor:")
-        for name, figure in sorted(FIGURES.items()):
-            reporter.write_line(f"  {name}: {figure}")
