@@ -11,6 +11,7 @@ import pytest
 
 from pyfastvm.testing.hwkvm import (
     GuestKvmMissingError,
+    LaneStalledError,
     LaneTimeoutError,
     QemuMissingError,
     qemu,
@@ -54,6 +55,17 @@ def test_past_its_timeout_qemu_is_killed_with_the_console_tail() -> None:
     with pytest.raises(LaneTimeoutError, match="still running after 2 s") as caught:
         run_in_lane(["sleep", "600"], timeout=2, prefetch=False, sink=console.append)
     assert "Last console lines" in str(caught.value)
+
+
+@needs_qemu
+def test_a_silent_guest_is_stopped_with_its_cpu_state_and_its_kernels_backtrace() -> None:
+    with pytest.raises(LaneStalledError, match="printed nothing for 30 s") as caught:
+        run_in_lane(
+            ["sleep", "600"], timeout=LANE_TIMEOUT, silence=30, prefetch=False, sink=lambda _: None
+        )
+    report = str(caught.value)
+    assert "RIP=" in report  # QEMU's monitor: info registers
+    assert "NMI: Not continuing" in report  # the guest kernel's panic, with its backtrace
 
 
 def test_without_qemu_it_says_how_to_install_it(

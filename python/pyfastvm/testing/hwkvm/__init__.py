@@ -12,12 +12,19 @@ pyfastvm's tests boot are fetched on the host first. It is a functional
 check: everything runs 10 to 30 times slower than on the host.
 """
 
-from .errors import GuestKvmMissingError, LaneError, LaneTimeoutError, QemuMissingError
+from .errors import (
+    GuestKvmMissingError,
+    LaneError,
+    LaneStalledError,
+    LaneTimeoutError,
+    QemuMissingError,
+)
 from .lane import run_in_lane
 
 __all__ = [
     "GuestKvmMissingError",
     "LaneError",
+    "LaneStalledError",
     "LaneTimeoutError",
     "QemuMissingError",
     "run_in_lane",

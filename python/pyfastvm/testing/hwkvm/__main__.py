@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from ..._core import VmmError
 from .lane import DEFAULT_TIMEOUT, prefetch_guest_images, run_in_lane
+from .qemu import DEFAULT_SILENCE
 
 LANE_FAILED = 125
 
@@ -20,6 +21,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python3 -m pyfastvm.testing.hwkvm", description=__doc__)
     parser.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds for the whole run"
+    )
+    parser.add_argument(
+        "--silence",
+        type=float,
+        default=DEFAULT_SILENCE,
+        help="seconds the guest may print nothing before it is stopped and asked where it is",
     )
     parser.add_argument("--memory", default="2G", help="the guest's RAM (default 2G)")
     parser.add_argument(
@@ -47,7 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             prefetch_guest_images()
             return 0
         return run_in_lane(
-            args.command, timeout=args.timeout, memory=args.memory, prefetch=args.prefetch
+            args.command,
+            timeout=args.timeout,
+            silence=args.silence,
+            memory=args.memory,
+            prefetch=args.prefetch,
         )
     except VmmError as error:
         print(f"pyfastvm-hwkvm: {error}", file=sys.stderr)

@@ -25,3 +25,8 @@ class GuestKvmMissingError(LaneError):
 
 class LaneTimeoutError(LaneError):
     """The guest ran past the lane's timeout; QEMU has been killed."""
+
+
+class LaneStalledError(LaneError):
+    """The guest printed nothing for too long; QEMU has been killed after
+    saying where the guest's CPU was."""

@@ -89,6 +89,8 @@ for module in {" ".join(modules)}; do
 done
 # The console carries the command's output, not KVM's notes on MSRs it ignores.
 echo N 2>/dev/null > /sys/module/kvm/parameters/report_ignored_msrs
+# A lane that stalls sends an NMI: the kernel then panics with a backtrace.
+echo 1 > /proc/sys/kernel/unknown_nmi_panic
 if ! mount -t 9p -o {NINEP_OPTIONS} {RESULTS_TAG} /results; then
     echo "pyfastvm-hwkvm: cannot mount the results share"
     poweroff -f

@@ -25,7 +25,7 @@ from .image import (
     lane_initramfs,
     lane_kernel,
 )
-from .qemu import Console, GuestSpec, find_qemu, run_qemu
+from .qemu import DEFAULT_SILENCE, Console, GuestSpec, Limits, find_qemu, run_qemu
 
 DEFAULT_TIMEOUT = 3600.0
 
@@ -34,13 +34,16 @@ def run_in_lane(
     argv: Sequence[str],
     *,
     timeout: float = DEFAULT_TIMEOUT,
+    silence: float = DEFAULT_SILENCE,
     memory: str = "2G",
     prefetch: bool = True,
     sink: Callable[[bytes], object] | None = None,
 ) -> int:
     """Runs ``argv`` in the lane's guest, in the current directory with the
     current environment, and returns its exit status. The guest's console
-    goes to ``sink`` (default: stdout) as it arrives."""
+    goes to ``sink`` (default: stdout) as it arrives. The guest is killed
+    after ``timeout`` seconds, or after ``silence`` seconds without output
+    (LaneStalledError then shows where its CPU was)."""
     qemu = find_qemu()
     if prefetch:
         prefetch_guest_images()
@@ -50,11 +53,12 @@ def run_in_lane(
         results.mkdir()
         initrd = Path(scratch, "initramfs.cpio")
         initrd.write_bytes(lane_initramfs(command))
-        guest = GuestSpec(lane_kernel(Path(scratch, "vmlinux")), initrd, results, memory)
+        kernel = lane_kernel(Path(scratch, "vmlinux"))
+        guest = GuestSpec(kernel, initrd, results, Path(scratch, "monitor.sock"), memory)
         console = Console(sink or _write_stdout)
         _progress(f"booting the lane's guest (QEMU TCG, {guest.memory}) for: {' '.join(argv)}")
         started = time.monotonic()
-        qemu_status = run_qemu(guest.argv(qemu), console, timeout)
+        qemu_status = run_qemu(guest.argv(qemu), console, Limits(timeout, silence), guest.monitor)
         status = _command_status(results, console, qemu_status)
     _progress(
         f"/dev/kvm was ready after {console.kvm_ready_after or 0:.1f} s; the command "

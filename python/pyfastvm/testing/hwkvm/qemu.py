@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import LaneTimeoutError, QemuMissingError
+from .errors import LaneStalledError, LaneTimeoutError, QemuMissingError
 from .image import HOST_ROOT_TAG, KVM_READY, RESULTS_TAG
+from .monitor import ask, monitor_option
 
 QEMU = "qemu-system-x86_64"
 # An AMD CPU with SVM, nested paging and virtual GIF, less the features TCG
@@ -24,6 +25,10 @@ CPU = ",".join(["EPYC", "+svm", "+npt", "+vgif", *(f"-{feature}" for feature in 
 KERNEL_ARGS = "console=ttyS0 quiet panic=-1"
 TAIL_BYTES = 16 << 10
 READ_CHUNK = 1 << 16
+STALL_LINES = 80
+# Longer than any single test or benchmark in the lane stays quiet.
+DEFAULT_SILENCE = 600.0
+NMI_REPLY_SECONDS = 20.0
 
 
 def find_qemu() -> str:
@@ -37,19 +42,29 @@ def find_qemu() -> str:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """How long the lane's guest may run in all, and print nothing."""
+
+    timeout: float
+    silence: float = DEFAULT_SILENCE
+
+
+@dataclass(frozen=True)
 class GuestSpec:
-    """The lane guest's files and size; ``results`` is the writable share."""
+    """The lane guest's files and size; ``results`` is the writable share,
+    ``monitor`` the socket of QEMU's monitor."""
 
     kernel: Path
     initrd: Path
     results: Path
+    monitor: Path
     memory: str = "2G"
 
     def argv(self, qemu: str) -> list[str]:
         return [
             qemu, "-accel", "tcg", "-cpu", CPU, "-m", self.memory, "-smp", "1",
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-serial", "stdio",
+            "-serial", "stdio", "-monitor", monitor_option(self.monitor),
             "-kernel", str(self.kernel), "-initrd", str(self.initrd), "-append", KERNEL_ARGS,
             "-virtfs", _share("/", HOST_ROOT_TAG, readonly=True),
             "-virtfs", _share(str(self.results), RESULTS_TAG, readonly=False),
@@ -95,26 +110,53 @@ class Console:
         return "\n".join(f"  | {line}" for line in lines)
 
 
-def run_qemu(argv: list[str], console: Console, timeout: float) -> int:
+def run_qemu(argv: list[str], console: Console, limits: Limits, monitor: Path) -> int:
     """Runs QEMU until it exits, streaming its output to ``console``; returns
-    its exit status. Past ``timeout`` seconds it is killed."""
+    its exit status. Past ``limits.timeout`` seconds, or when the guest has
+    printed nothing for ``limits.silence`` seconds, QEMU is killed; a silent
+    guest is asked first, through the ``monitor`` socket, where it is."""
     started = time.monotonic()
-    deadline = started + timeout
+    deadline = started + limits.timeout
     with subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     ) as qemu:
         assert qemu.stdout is not None
         fd = qemu.stdout.fileno()
-        while True:
-            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                qemu.kill()
-                raise LaneTimeoutError(
-                    f"the lane's guest was still running after {timeout:.0f} s; killed QEMU. "
-                    f"Last console lines:\n{console.last_lines()}"
-                )
-            data = os.read(fd, READ_CHUNK)
-            if not data:
-                break
-            console.feed(data, time.monotonic() - started)
-        return qemu.wait()
+        if not _stream(fd, console, started, limits.silence, deadline):
+            return qemu.wait()
+        if time.monotonic() >= deadline:
+            qemu.kill()
+            raise LaneTimeoutError(
+                f"the lane's guest was still running after {limits.timeout:.0f} s; killed "
+                f"QEMU. Last console lines:\n{console.last_lines()}"
+            )
+        report = _where_it_stalled(fd, console, started, monitor)
+        qemu.kill()
+        raise LaneStalledError(
+            f"the lane's guest printed nothing for {limits.silence:.0f} s; killed QEMU. "
+            f"{report}\nLast console lines (an NMI asked its kernel for a backtrace):\n"
+            f"{console.last_lines(STALL_LINES)}"
+        )
+
+
+def _stream(fd: int, console: Console, started: float, silence: float, deadline: float) -> bool:
+    """Feeds what QEMU prints to ``console`` until QEMU closes its output
+    (False), or prints nothing for ``silence`` seconds, or ``deadline``
+    passes (True)."""
+    while True:
+        wait = min(silence, deadline - time.monotonic())
+        ready, _, _ = select.select([fd], [], [], max(0.0, wait))
+        if not ready:
+            return True
+        data = os.read(fd, READ_CHUNK)
+        if not data:
+            return False
+        console.feed(data, time.monotonic() - started)
+
+
+def _where_it_stalled(fd: int, console: Console, started: float, monitor: Path) -> str:
+    """QEMU's view of the CPU, then an NMI and what the guest prints for it."""
+    registers = ask(monitor, "info registers", "info lapic")
+    ask(monitor, "nmi")
+    _stream(fd, console, started, NMI_REPLY_SECONDS, time.monotonic() + NMI_REPLY_SECONDS)
+    return f"QEMU's view of the guest's CPU:\n{registers}"
