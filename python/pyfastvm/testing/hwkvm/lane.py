@@ -95,7 +95,7 @@ def _command_status(results: Path, console: Console, qemu_status: int) -> int:
         raise GuestKvmMissingError(
             "the lane's guest has no /dev/kvm: kvm-amd did not load, so the CPU that "
             f"QEMU emulates ({qemu.CPU}) offers no usable SVM; the lane is tested with "
-            "Debian's qemu-system-x86 7.2. The guest kernel said:\n"
+            "QEMU 10.0 (Debian's bookworm-backports). The guest kernel said:\n"
             + (lines or "(nothing about KVM or SVM)"),
             kernel_lines=lines,
         )

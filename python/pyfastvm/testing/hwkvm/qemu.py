@@ -4,9 +4,11 @@ guest's KVM is KVM on SVM; its serial console streamed as it comes."""
 from __future__ import annotations
 
 import os
+import re
 import select
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,10 +19,12 @@ from .image import HOST_ROOT_TAG, KVM_READY, RESULTS_TAG
 from .monitor import ask, monitor_option
 
 QEMU = "qemu-system-x86_64"
-# An AMD CPU with SVM, nested paging and virtual GIF, less the features TCG
-# does not implement (NRIPS among them), which QEMU would warn about.
-TCG_LACKS = ("rdseed", "sha-ni", "fxsr-opt", "misalignsse", "3dnowprefetch", "osvw",
-             "topoext", "nrip-save", "xsavec")  # fmt: skip
+INSTALL_QEMU = "apt-get install -t bookworm-backports qemu-system-x86"
+# Bookworm's QEMU 7.2 loses interrupts under TCG in some runs (see .ci/install-deps).
+RELIABLE_QEMU = (10, 0)
+# An AMD CPU with SVM, nested paging and virtual GIF, less the features
+# QEMU 10's TCG does not implement (NRIPS among them), which it would warn about.
+TCG_LACKS = ("fxsr-opt", "misalignsse", "osvw", "topoext", "nrip-save", "xsavec")
 CPU = ",".join(["EPYC", "+svm", "+npt", "+vgif", *(f"-{feature}" for feature in TCG_LACKS)])
 KERNEL_ARGS = "console=ttyS0 quiet panic=-1"
 TAIL_BYTES = 16 << 10
@@ -36,9 +40,24 @@ def find_qemu() -> str:
     if qemu is None:
         raise QemuMissingError(
             f"{QEMU} is not on PATH: the hardware-KVM lane runs its guest in QEMU "
-            "(install it with 'apt-get install qemu-system-x86')"
+            f"(install it with '{INSTALL_QEMU}')"
+        )
+    version = qemu_version(qemu)
+    if version < RELIABLE_QEMU:
+        print(
+            f"pyfastvm-hwkvm: warning: QEMU {'.'.join(map(str, version))}'s TCG loses "
+            "interrupts in some runs, and the lane's guest then stops making progress; "
+            f"QEMU 10 does not ({INSTALL_QEMU})",
+            file=sys.stderr,
         )
     return qemu
+
+
+def qemu_version(qemu: str) -> tuple[int, int]:
+    """(major, minor) from ``qemu-system-x86_64 --version``."""
+    banner = subprocess.run([qemu, "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"version (\d+)\.(\d+)", banner)
+    return (int(match[1]), int(match[2])) if match else (0, 0)
 
 
 @dataclass(frozen=True)
