@@ -2,22 +2,12 @@
 
 import contextlib
 import gc
-import os
-import threading
 
 from guests import DEBUG_EXIT_PORT, LONG_THOUSAND_OUTS, SERIAL_PORT, Recorder, long_mode_vcpu
+from process_resources import mappings, open_fds, os_threads, os_threads_after_exits
 
 import pyfastvm
 from pyfastvm.devices import DebugExit
-
-
-def open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
-
-
-def mappings() -> int:
-    with open("/proc/self/maps") as maps:
-        return sum(1 for _ in maps)
 
 
 def boot_and_drop(kvm: pyfastvm.Kvm) -> None:
@@ -35,13 +25,13 @@ def test_a_hundred_vms_leak_no_fds_mappings_or_threads() -> None:
     kvm = pyfastvm.Kvm()
     boot_and_drop(kvm)  # warm up lazily created state
     gc.collect()
-    fds, maps, threads = open_fds(), mappings(), threading.active_count()
+    fds, maps, threads = open_fds(), mappings(), os_threads()
     for _ in range(100):
         boot_and_drop(kvm)
     gc.collect()
     assert open_fds() == fds
     assert mappings() == maps
-    assert threading.active_count() == threads
+    assert os_threads_after_exits(threads) == threads
 
 
 def test_vms_with_their_own_kvm_handle_leak_nothing() -> None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import functools
 import re
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
 from kernel_log import ACPI_COMPLAINTS, VIRTIO_ERRORS, cpus_brought_up, virtio_disks
+from process_resources import os_threads, os_threads_after_exits
 
 import pyfastvm
 from pyfastvm.guest.debian import debian_kernel, debian_kernel_release
@@ -101,10 +101,10 @@ def test_a_kernel_panic_raises_with_the_panic_text() -> None:
 
 
 def test_a_guest_that_never_ends_times_out_and_is_torn_down() -> None:
-    threads = threading.active_count()
+    threads = os_threads()
     with pytest.raises(pyfastvm.GuestTimeoutError, match="still running after 3") as caught:
         pyfastvm.run(["sleep", "1000"], kernel=minimal_kernel(), timeout=3, cmdline="panic=0")
-    assert threading.active_count() == threads
+    assert os_threads_after_exits(threads) == threads
     assert "Last console lines:" in str(caught.value)
     if host_profile().is_pvm:  # 3 s is not enough to boot there
         assert "give it a longer timeout" in str(caught.value)

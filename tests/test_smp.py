@@ -6,12 +6,11 @@ on KVM-on-PVM hosts); its ACPI support is built in as in the stock kernel."""
 from __future__ import annotations
 
 import gc
-import os
-import threading
 import time
 
 import pytest
 from kernel_log import ACPI_COMPLAINTS, cpus_brought_up
+from process_resources import open_fds, os_threads, os_threads_after_exits
 
 import pyfastvm
 from pyfastvm.guest.console_protocol import INIT_MILESTONE, new_nonce
@@ -36,7 +35,7 @@ def test_n_vcpus_come_up_and_a_panic_resets_through_the_fadt(vcpus: int, cmdline
     it resets at once through the FADT's reset register, and the VM ends
     with every vCPU thread joined, also while the other CPUs spin in their
     idle loop (idle=poll) instead of halting."""
-    threads = threading.active_count()
+    threads = os_threads()
     config = pyfastvm.VMConfig(kernel=minimal_kernel(), vcpus=vcpus, cmdline=cmdline)
     with MicroVM(config) as vm:
         assert vm.wait(timeout=BOOT_TIMEOUT) == "reset"
@@ -46,7 +45,7 @@ def test_n_vcpus_come_up_and_a_panic_resets_through_the_fadt(vcpus: int, cmdline
     assert "ACPI: PM-Timer IO Port: 0x608" in console
     assert "Kernel panic - not syncing" in console
     assert not ACPI_COMPLAINTS.findall(console), console
-    assert threading.active_count() == threads
+    assert os_threads_after_exits(threads) == threads
 
 
 @pytest.mark.parametrize("vcpus", [1, 4])
@@ -59,12 +58,12 @@ def test_repeated_starts_and_teardowns_leak_nothing(vcpus: int) -> None:
 
     start_and_stop()
     gc.collect()
-    fds, threads = set(os.listdir("/proc/self/fd")), threading.active_count()
+    fds, threads = open_fds(), os_threads()
     for _ in range(5):
         start_and_stop()
     gc.collect()
-    assert set(os.listdir("/proc/self/fd")) == fds
-    assert threading.active_count() == threads
+    assert open_fds() == fds
+    assert os_threads_after_exits(threads) == threads
 
 
 @pytest.mark.parametrize("vcpus", [1, 2, 4])

@@ -6,11 +6,11 @@ device's work on its own thread, its answer in the used ring."""
 from __future__ import annotations
 
 import gc
-import os
 import struct
 from pathlib import Path
 
 import pytest
+from process_resources import open_fds, os_threads, os_threads_after_exits
 
 import pyfastvm
 from pyfastvm.devices import DebugExit, VirtioBlk, VirtioRng, VirtioVsock
@@ -154,12 +154,6 @@ def test_blk_config_space_and_read_only(tmp_path: Path) -> None:
 
 
 def test_device_threads_park_on_pause_end_on_stop_and_leak_nothing() -> None:
-    def threads() -> int:
-        return len(os.listdir("/proc/self/task"))
-
-    def fds() -> int:
-        return len(os.listdir("/proc/self/fd"))
-
     def run_once() -> None:
         vm, _ = rng_served_once()
         vm.pause()  # returns once the device thread is parked
@@ -168,11 +162,11 @@ def test_device_threads_park_on_pause_end_on_stop_and_leak_nothing() -> None:
 
     run_once()
     gc.collect()
-    before = (threads(), fds())
+    threads, fds = os_threads(), open_fds()
     for _ in range(5):
         run_once()
     gc.collect()
-    assert (threads(), fds()) == before
+    assert (os_threads_after_exits(threads), open_fds()) == (threads, fds)
 
 
 def test_transport_state_keeps_registers_and_queue_positions() -> None:

@@ -20,6 +20,7 @@ from .errors import GuestTimeoutError, VcpuExitError
 from .guest.console_protocol import INIT_MILESTONE, PANIC_TEXT
 from .init_chain import InitChain
 from .snapshot import Snapshot, capture, restore_chain, restored_config, save
+from .vm_threads import VmThread
 
 ConsoleSink = Callable[[bytes], object] | IO[bytes] | IO[str] | None
 
@@ -82,7 +83,7 @@ class MicroVM:
         self._console_writer = console_writer(console)
         self._console = bytearray()
         self._changed = threading.Condition()
-        self._threads: list[threading.Thread] = []
+        self._threads: list[VmThread] = []
         self._stopping = threading.Event()
         self._pause_wanted = False
         self._parked = 0
@@ -174,9 +175,7 @@ class MicroVM:
         }
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
-        thread = threading.Thread(target=target, name=f"pyfastvm-{name}", daemon=True)
-        self._threads.append(thread)
-        thread.start()
+        self._threads.append(VmThread(f"pyfastvm-{name}", target))
 
     def stop(self, reason: str = "stopped", *, device: str | None = None) -> None:
         """Ends the guest: every vCPU leaves KVM_RUN and its thread ends."""
