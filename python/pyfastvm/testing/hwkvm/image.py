@@ -91,6 +91,9 @@ done
 echo N 2>/dev/null > /sys/module/kvm/parameters/report_ignored_msrs
 # A lane that stalls sends an NMI: the kernel then panics with a backtrace.
 echo 1 > /proc/sys/kernel/unknown_nmi_panic
+# The lane writes newlines to the serial line to wake a CPU that missed an
+# interrupt (pyfastvm.testing.hwkvm.qemu); they are not echoed to the console.
+stty -echo < /dev/console
 if ! mount -t 9p -o {NINEP_OPTIONS} {RESULTS_TAG} /results; then
     echo "pyfastvm-hwkvm: cannot mount the results share"
     poweroff -f

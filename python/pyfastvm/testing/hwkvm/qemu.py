@@ -3,6 +3,7 @@ guest's KVM is KVM on SVM; its serial console streamed as it comes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
@@ -33,6 +34,7 @@ STALL_LINES = 80
 # Longer than any single test or benchmark in the lane stays quiet.
 DEFAULT_SILENCE = 600.0
 NMI_REPLY_SECONDS = 20.0
+WAKE_SECONDS = 1.0
 
 
 def find_qemu() -> str:
@@ -137,11 +139,9 @@ def run_qemu(argv: list[str], console: Console, limits: Limits, monitor: Path) -
     started = time.monotonic()
     deadline = started + limits.timeout
     with subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     ) as qemu:
-        assert qemu.stdout is not None
-        fd = qemu.stdout.fileno()
-        if not _stream(fd, console, started, limits.silence, deadline):
+        if not _stream(qemu, console, started, limits.silence, deadline):
             return qemu.wait()
         if time.monotonic() >= deadline:
             qemu.kill()
@@ -149,7 +149,7 @@ def run_qemu(argv: list[str], console: Console, limits: Limits, monitor: Path) -
                 f"the lane's guest was still running after {limits.timeout:.0f} s; killed "
                 f"QEMU. Last console lines:\n{console.last_lines()}"
             )
-        report = _where_it_stalled(fd, console, started, monitor)
+        report = _where_it_stalled(qemu, console, started, monitor)
         qemu.kill()
         raise LaneStalledError(
             f"the lane's guest printed nothing for {limits.silence:.0f} s; killed QEMU. "
@@ -158,24 +158,47 @@ def run_qemu(argv: list[str], console: Console, limits: Limits, monitor: Path) -
         )
 
 
-def _stream(fd: int, console: Console, started: float, silence: float, deadline: float) -> bool:
+def _stream(
+    qemu: subprocess.Popen[bytes], console: Console, started: float, silence: float, deadline: float
+) -> bool:
     """Feeds what QEMU prints to ``console`` until QEMU closes its output
     (False), or prints nothing for ``silence`` seconds, or ``deadline``
-    passes (True)."""
-    while True:
-        wait = min(silence, deadline - time.monotonic())
-        ready, _, _ = select.select([fd], [], [], max(0.0, wait))
+    passes (True). While the guest is quiet, a byte on its serial line every
+    ``WAKE_SECONDS`` makes sure it is not asleep on a lost interrupt."""
+    assert qemu.stdout is not None
+    fd = qemu.stdout.fileno()
+    quiet_until = min(time.monotonic() + silence, deadline)
+    while (now := time.monotonic()) < quiet_until:
+        ready, _, _ = select.select([fd], [], [], min(WAKE_SECONDS, quiet_until - now))
         if not ready:
-            return True
+            _wake(qemu)
+            continue
         data = os.read(fd, READ_CHUNK)
         if not data:
             return False
         console.feed(data, time.monotonic() - started)
+        quiet_until = min(time.monotonic() + silence, deadline)
+    return True
 
 
-def _where_it_stalled(fd: int, console: Console, started: float, monitor: Path) -> str:
+def _wake(qemu: subprocess.Popen[bytes]) -> None:
+    """A newline on the guest's serial line: the UART's interrupt wakes a
+    CPU that QEMU's TCG left halted with its own timer interrupt pending in
+    the local APIC (seen with QEMU 7.2 and 10.0: IRR held the timer vector,
+    IF was set, the CPU stayed in HLT until an NMI came). The lane's init
+    turns the console's echo off, and nothing reads the line."""
+    assert qemu.stdin is not None
+    with contextlib.suppress(OSError):  # QEMU is ending
+        qemu.stdin.write(b"\n")
+        qemu.stdin.flush()
+
+
+def _where_it_stalled(
+    qemu: subprocess.Popen[bytes], console: Console, started: float, monitor: Path
+) -> str:
     """QEMU's view of the CPU, then an NMI and what the guest prints for it."""
     registers = ask(monitor, "info registers", "info lapic")
     ask(monitor, "nmi")
-    _stream(fd, console, started, NMI_REPLY_SECONDS, time.monotonic() + NMI_REPLY_SECONDS)
+    end = time.monotonic() + NMI_REPLY_SECONDS
+    _stream(qemu, console, started, NMI_REPLY_SECONDS, end)
     return f"QEMU's view of the guest's CPU:\n{registers}"
