@@ -14,8 +14,11 @@ from guest_loops import COUNT_ADDRESS
 PER_EXIT_NS: dict[tuple[str, str], float] = {}
 # Seconds from start to the kernel's "Run /init", by (VMM, boot), one run each.
 BOOT_TO_INIT: dict[tuple[str, str], float] = {}
-# virtio figures, each with its floor in the same words, by name.
-VIRTIO_FIGURES: dict[str, str] = {}
+# Figures printed in the summary, each beside its floor or peer in the same
+# words: by section title, then by name.
+FIGURES: dict[str, dict[str, str]] = {}
+VIRTIO_FIGURES = FIGURES.setdefault("virtio figures, each beside its floor", {})
+SNAPSHOT_FIGURES = FIGURES.setdefault("Snapshots beside cold boots (medians)", {})
 
 Recorder = Callable[[str, str, float, int], None]
 BootRecorder = Callable[[str, str, float], None]
@@ -59,7 +62,7 @@ def start_floor(floor_binary: Path) -> Iterator[FloorStarter]:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     _boot_summary(terminalreporter.write_line)
     _exit_summary(terminalreporter.write_line)
-    _virtio_summary(terminalreporter.write_line)
+    _figures_summary(terminalreporter.write_line)
 
 
 def _boot_summary(write: Callable[[str], None]) -> None:
@@ -75,11 +78,12 @@ def _boot_summary(write: Callable[[str], None]) -> None:
             write(f"  {boot:16} {ours:7.2f} s / {qemu:7.2f} s = {ours / qemu:.2f}")
 
 
-def _virtio_summary(write: Callable[[str], None]) -> None:
-    if VIRTIO_FIGURES:
-        write("\nvirtio figures, each beside its floor:")
-        for name, figure in sorted(VIRTIO_FIGURES.items()):
-            write(f"  {name}: {figure}")
+def _figures_summary(write: Callable[[str], None]) -> None:
+    for title, figures in FIGURES.items():
+        if figures:
+            write(f"\n{title}:")
+            for name, figure in figures.items():
+                write(f"  {name}: {figure}")
 
 
 def _exit_summary(write: Callable[[str], None]) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import SNAPSHOT_FIGURES as FIGURES
 from pytest_benchmark.fixture import BenchmarkFixture
 
 import pyfastvm
@@ -55,6 +56,17 @@ def on_disk(template: Snapshot, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return path
 
 
+def median_ms(benchmark: BenchmarkFixture) -> float | None:
+    """The benchmark's median in milliseconds (None with --benchmark-disable)."""
+    return benchmark.stats.stats.median * 1e3 if benchmark.stats else None
+
+
+def record(name: str, benchmark: BenchmarkFixture, unit: str = "ms") -> None:
+    median = median_ms(benchmark)
+    if median is not None:
+        FIGURES[name] = f"{median / 1000:.1f} s" if unit == "s" else f"{median:.2f} ms"
+
+
 def timed_starts(benchmark: BenchmarkFixture, start: Callable[[], pyfastvm.MicroVM]) -> None:
     started: list[pyfastvm.MicroVM] = []
 
@@ -68,14 +80,17 @@ def timed_starts(benchmark: BenchmarkFixture, start: Callable[[], pyfastvm.Micro
 
 def test_cold_boot_to_ready(benchmark: BenchmarkFixture) -> None:
     benchmark.pedantic(lambda: cold_boot().close(), rounds=1)
+    record("cold boot to the ready guest", benchmark, unit="s")
 
 
 def test_restore_from_disk_to_running(benchmark: BenchmarkFixture, on_disk: Path) -> None:
     timed_starts(benchmark, lambda: pyfastvm.MicroVM.restore(on_disk))
+    record("restore from disk to running (256 MiB)", benchmark)
 
 
 def test_clone_to_running(benchmark: BenchmarkFixture, template: Snapshot) -> None:
     timed_starts(benchmark, template.clone)
+    record("clone to running", benchmark)
 
 
 def test_kvm_floor_of_a_restore(benchmark: BenchmarkFixture) -> None:
@@ -91,6 +106,7 @@ def test_kvm_floor_of_a_restore(benchmark: BenchmarkFixture) -> None:
         vms.append(vm)
 
     benchmark.pedantic(create, setup=vms.clear, rounds=ROUNDS)
+    record("KVM's floor of any restore (VM, irqchip, PIT, vCPU)", benchmark)
 
 
 @pytest.mark.parametrize("path", ["boot", "ready snapshot"])
@@ -105,6 +121,7 @@ def test_run_true(benchmark: BenchmarkFixture, path: str) -> None:
         assert result.exit_code == 0 and result.restored == (path != "boot")
 
     benchmark.pedantic(run, rounds=1 if path == "boot" else ROUNDS)
+    record(f"run(['true']) through the {path} path", benchmark, unit="s")
 
 
 def pss() -> int:
@@ -126,11 +143,17 @@ def test_memory_of_idle_guests(benchmark: BenchmarkFixture, template: Snapshot, 
         benchmark.pedantic(lambda: guests.extend(start() for _ in range(GUESTS - 1)), rounds=1)
         time.sleep(2)  # let them settle at the prompt
         template_ram = os.fstat(template.memory_fd).st_blocks * 512 if how == "clones" else 0
+        everything = pss() - before + template_ram
         benchmark.extra_info.update(
             pss_one_mib=round(one / 2**20, 1),
-            pss_all_mib=round((pss() - before + template_ram) / 2**20, 1),
+            pss_all_mib=round(everything / 2**20, 1),
             template_ram_mib=round(template_ram / 2**20, 1),
             guests=len(guests),
+        )
+        template_part = f" (the template's RAM {template_ram / 2**20:.1f} MiB included)"
+        FIGURES[f"PSS of idle {how}"] = (
+            f"one {one / 2**20:.1f} MiB; {len(guests)} {everything / 2**20:.1f} MiB"
+            + (template_part if how == "clones" else "")
         )
     finally:
         for guest in guests:

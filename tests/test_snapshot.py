@@ -70,7 +70,7 @@ def test_the_saved_vcpu_state_comes_back_field_by_field(tmp_path: Path) -> None:
     path = counting_guest(tmp_path)
     with Snapshot.load(path) as snapshot:
         _, (vcpu,) = snapshot.restore_vm(devices={"Counter": Counter()})
-        saved = pyfastvm.VcpuState.from_json(json.dumps(snapshot.metadata["vcpus"][0]))
+        saved = pyfastvm.VcpuState.from_document(snapshot.metadata["vcpus"][0])
     again = vcpu.save_state()
     assert repr(again.regs) == repr(saved.regs)
     assert repr(again.sregs) == repr(saved.sregs)

@@ -228,6 +228,19 @@ def test_the_json_form_is_versioned_and_round_trips(vm: pyfastvm.Vm) -> None:
     )
     assert len(document["state"]["regs"]) == 144  # struct kvm_regs, byte by byte
     assert pyfastvm.VcpuState.from_json(text).to_json() == text
+    assert state.to_document() == document
+    assert pyfastvm.VcpuState.from_document(document).to_json() == text
+
+
+def test_a_document_is_checked_as_its_json_is(vm: pyfastvm.Vm) -> None:
+    document = vm.create_vcpu(0).save_state().to_document()
+    document["version"] = pyfastvm.VcpuState.VERSION + 1
+    with pytest.raises(pyfastvm.InvalidArgumentError, match="format version"):
+        pyfastvm.VcpuState.from_document(document)
+    with pytest.raises(pyfastvm.InvalidArgumentError, match="not a pyfastvm.VcpuState"):
+        pyfastvm.VcpuState.from_document(vm.save_state().to_document())
+    with pytest.raises(pyfastvm.InvalidArgumentError, match="must be JSON-compatible"):
+        pyfastvm.VcpuState.from_document({"format": b"bytes"})
 
 
 def test_another_version_or_damaged_json_is_refused(vm: pyfastvm.Vm) -> None:

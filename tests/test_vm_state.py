@@ -103,6 +103,7 @@ def test_the_json_form_round_trips_and_refuses_other_versions() -> None:
     text = with_devices().save_state().to_json()
     assert pyfastvm.VmState.from_json(text).to_json() == text
     document = json.loads(text)
+    assert pyfastvm.VmState.from_document(document).to_json() == text
     assert (document["format"], document["version"]) == ("pyfastvm.VmState", 1)
     assert len(document["state"]["pit"]) == 112  # struct kvm_pit_state2
     document["version"] = 0

@@ -125,7 +125,7 @@ class Snapshot:
     @functools.cached_property
     def vm_state(self) -> VmState:
         try:
-            return VmState.from_json(json.dumps(self.metadata["vm"]))
+            return VmState.from_document(self.metadata["vm"])
         except ValueError as error:
             raise SnapshotError(f"the snapshot's VM state is unusable: {error}") from error
 
@@ -228,8 +228,8 @@ def _metadata(vm: Vm, vcpus: list[Vcpu], config: Mapping[str, Any]) -> dict[str,
         "memory": {"size": vm.memory_size},
         "config": dict(config),
         "gsi_routing": [list(route) for route in vm.gsi_routing],
-        "vm": json.loads(vm.save_state().to_json()),
-        "vcpus": [json.loads(vcpu.save_state().to_json()) for vcpu in vcpus],
+        "vm": vm.save_state().to_document(),
+        "vcpus": [vcpu.save_state().to_document() for vcpu in vcpus],
         "devices": [_device_record(info) for info in vm.devices],
         "exit_assists": {"names": vm.exit_assists, "state": vm.exit_assist_state()},
     }
@@ -316,7 +316,7 @@ def offered_cpuid() -> list[CpuidEntry]:
 
 def _vcpu_state(document: object) -> VcpuState:
     try:
-        return VcpuState.from_json(json.dumps(document))
+        return VcpuState.from_document(document)
     except ValueError as error:
         raise SnapshotError(f"a vCPU state in the snapshot is unusable: {error}") from error
 

@@ -16,6 +16,7 @@ pub mod vm;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 
@@ -73,20 +74,33 @@ fn needs_part(
 
 /// `state` as a document of format `format`.
 pub fn to_json<T: Serialize>(format: &str, state: &T) -> Result<String> {
-    let document = Document {
-        format: format.to_owned(),
-        version: FORMAT_VERSION,
-        state,
-    };
-    serde_json::to_string(&document)
+    serde_json::to_string(&document_of(format, state))
         .map_err(|e| Error::Argument(format!("cannot write the {format} as JSON: {e}")))
 }
 
-/// The state in a document of format `format` and this build's version.
+/// `state` as a document of format `format`, a JSON value.
+pub fn to_document<T: Serialize>(format: &str, state: &T) -> Result<Value> {
+    serde_json::to_value(document_of(format, state))
+        .map_err(|e| Error::Argument(format!("cannot write the {format} as JSON: {e}")))
+}
+
+fn document_of<'a, T>(format: &str, state: &'a T) -> Document<&'a T> {
+    Document {
+        format: format.to_owned(),
+        version: FORMAT_VERSION,
+        state,
+    }
+}
+
+/// The state in a JSON text of format `format` and this build's version.
 pub fn from_json<T: DeserializeOwned>(format: &str, json: &str) -> Result<T> {
-    let invalid =
-        |e: serde_json::Error| Error::Argument(format!("not a valid {format} document: {e}"));
-    let header: Header = serde_json::from_str(json).map_err(invalid)?;
+    from_document(format, serde_json::from_str(json).map_err(invalid(format))?)
+}
+
+/// The state in a document (a JSON value) of format `format` and this
+/// build's version.
+pub fn from_document<T: DeserializeOwned>(format: &str, document: Value) -> Result<T> {
+    let header = Header::deserialize(&document).map_err(invalid(format))?;
     if header.format != format {
         return Err(Error::Argument(format!(
             "this is a {:?} document, not a {format}",
@@ -99,8 +113,12 @@ pub fn from_json<T: DeserializeOwned>(format: &str, json: &str) -> Result<T> {
             header.version
         )));
     }
-    let document: Document<T> = serde_json::from_str(json).map_err(invalid)?;
+    let document: Document<T> = serde_json::from_value(document).map_err(invalid(format))?;
     Ok(document.state)
+}
+
+fn invalid(format: &str) -> impl Fn(serde_json::Error) -> Error + '_ {
+    move |e| Error::Argument(format!("not a valid {format} document: {e}"))
 }
 
 #[cfg(test)]

@@ -7,9 +7,10 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use zerocopy::IntoBytes;
 
+use super::pyjson::{from_python, to_python};
 use super::vcpu::VcpuState;
 use super::vm::VmState;
-use super::{from_json, to_json, FORMAT_VERSION};
+use super::{from_document, from_json, to_document, to_json, FORMAT_VERSION};
 use crate::error::Result;
 use crate::regs::{CpuidEntry, Fpu, Regs, Sregs};
 
@@ -42,6 +43,18 @@ impl PyVcpuState {
     #[staticmethod]
     fn from_json(json: &str) -> Result<Self> {
         from_json(VCPU_FORMAT, json).map(PyVcpuState)
+    }
+
+    /// The document `to_json` writes, as Python objects (dicts, lists, ints).
+    fn to_document<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyAny>> {
+        Ok(to_python(py, &to_document(VCPU_FORMAT, &self.0)?)?)
+    }
+
+    /// Reads what `to_document` gave (or `json.loads` of what `to_json`
+    /// wrote) without a JSON text in between; refuses what `from_json` does.
+    #[staticmethod]
+    fn from_document(document: &Bound<'_, PyAny>) -> Result<Self> {
+        from_document(VCPU_FORMAT, from_python(document, "a VcpuState document")?).map(PyVcpuState)
     }
 
     #[getter]
@@ -160,6 +173,15 @@ impl PyVmState {
     #[staticmethod]
     fn from_json(json: &str) -> Result<Self> {
         from_json(VM_FORMAT, json).map(PyVmState)
+    }
+
+    fn to_document<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyAny>> {
+        Ok(to_python(py, &to_document(VM_FORMAT, &self.0)?)?)
+    }
+
+    #[staticmethod]
+    fn from_document(document: &Bound<'_, PyAny>) -> Result<Self> {
+        from_document(VM_FORMAT, from_python(document, "a VmState document")?).map(PyVmState)
     }
 
     /// The kvmclock in nanoseconds when saved (KVM_GET_CLOCK).
