@@ -6,9 +6,10 @@
   any restore (the KVM ioctls that create a VM with its in-kernel devices
   and a vCPU), and `run(["true"])` end to end through the ready snapshot
   beside one that boots;
-- memory: the proportional set size (PSS) of this process for 10 idle
-  clones beside 10 cold-booted guests, and beside one; the clones' figure
-  also counts the template's RAM (a memfd the clones map privately).
+- memory: the resident and proportional set sizes (RSS, PSS) of this
+  process for 10 idle clones beside 10 cold-booted guests, and beside one;
+  the clones' figures also count all of the template's RAM (a memfd the
+  clones map privately).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from conftest import SNAPSHOT_FIGURES as FIGURES
@@ -124,36 +126,55 @@ def test_run_true(benchmark: BenchmarkFixture, path: str) -> None:
     record(f"run(['true']) through the {path} path", benchmark, unit="s")
 
 
-def pss() -> int:
-    """This process's proportional set size, in bytes."""
-    rollup = Path("/proc/self/smaps_rollup").read_text()
-    match = re.search(r"^Pss:\s+(\d+) kB", rollup, re.MULTILINE)
+class Resident(NamedTuple):
+    """Resident and proportional set sizes, in bytes."""
+
+    rss: int
+    pss: int
+
+    @classmethod
+    def now(cls) -> Resident:
+        """This process's."""
+        rollup = Path("/proc/self/smaps_rollup").read_text()
+        return cls(*(_kib(rollup, name) << 10 for name in ("Rss", "Pss")))
+
+    def since(self, before: Resident, plus: int = 0) -> Resident:
+        return Resident(self.rss - before.rss + plus, self.pss - before.pss + plus)
+
+    def __str__(self) -> str:
+        return f"RSS {self.rss / 2**20:.1f} MiB, PSS {self.pss / 2**20:.1f} MiB"
+
+
+def _kib(rollup: str, name: str) -> int:
+    match = re.search(rf"^{name}:\s+(\d+) kB", rollup, re.MULTILINE)
     assert match is not None
-    return int(match[1]) << 10
+    return int(match[1])
 
 
 @pytest.mark.parametrize("how", ["cold boots", "clones"])
 def test_memory_of_idle_guests(benchmark: BenchmarkFixture, template: Snapshot, how: str) -> None:
-    """PSS added by one guest, then by GUESTS guests, all idle and ready."""
+    """RSS and PSS added by one guest, then by GUESTS guests, all idle and
+    ready; the clones' figures count all of the template's RAM too."""
     start = cold_boot if how == "cold boots" else template.clone
-    before = pss()
+    before = Resident.now()
     guests = [start()]
-    one = pss() - before
+    one = Resident.now().since(before)
     try:
         benchmark.pedantic(lambda: guests.extend(start() for _ in range(GUESTS - 1)), rounds=1)
         time.sleep(2)  # let them settle at the prompt
         template_ram = os.fstat(template.memory_fd).st_blocks * 512 if how == "clones" else 0
-        everything = pss() - before + template_ram
+        every = Resident.now().since(before, plus=template_ram)
         benchmark.extra_info.update(
-            pss_one_mib=round(one / 2**20, 1),
-            pss_all_mib=round(everything / 2**20, 1),
+            one_mib=[round(size / 2**20, 1) for size in one],
+            all_mib=[round(size / 2**20, 1) for size in every],
             template_ram_mib=round(template_ram / 2**20, 1),
             guests=len(guests),
         )
-        template_part = f" (the template's RAM {template_ram / 2**20:.1f} MiB included)"
-        FIGURES[f"PSS of idle {how}"] = (
-            f"one {one / 2**20:.1f} MiB; {len(guests)} {everything / 2**20:.1f} MiB"
-            + (template_part if how == "clones" else "")
+        FIGURES[f"idle {how}, one"] = str(one)
+        FIGURES[f"idle {how}, {len(guests)}"] = str(every) + (
+            f" (the template's {template_ram / 2**20:.1f} MiB of RAM counted in)"
+            if how == "clones"
+            else ""
         )
     finally:
         for guest in guests:
