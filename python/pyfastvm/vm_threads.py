@@ -12,7 +12,7 @@ class VmThread:
 
     ``threading.Thread.start`` waits until the new thread has been scheduled
     and has taken the GIL: on a busy host that wait was most of the time a
-    clone took to start. ``join`` waits for the target to return.
+    clone took to start.
     """
 
     def __init__(self, name: str, target: Callable[[], None]) -> None:
@@ -27,9 +27,9 @@ class VmThread:
         finally:
             self._done.set()
 
-    def join(self, timeout: float | None = None) -> bool:
-        """True once the thread has ended; False if `timeout` passed first."""
-        return self._done.wait(timeout)
+    def __repr__(self) -> str:
+        return f"<VmThread {self.name} {'ended' if self._done.is_set() else 'running'}>"
 
-    def is_alive(self) -> bool:
-        return not self._done.is_set()
+    def join(self) -> None:
+        """Waits until the target has returned."""
+        self._done.wait()
