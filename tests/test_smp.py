@@ -17,6 +17,7 @@ from pyfastvm.guest.console_protocol import INIT_MILESTONE, new_nonce
 from pyfastvm.guest.debian import busybox_static
 from pyfastvm.guest.initramfs import build_initramfs
 from pyfastvm.guest.minimal_kernel import minimal_kernel
+from pyfastvm.host import is_pvm_host
 from pyfastvm.microvm import MicroVM
 
 pytestmark = pytest.mark.hwkvm
@@ -25,9 +26,23 @@ BOOT_TIMEOUT = 600.0
 NO_INIT = "rdinit=/none init=/none"
 
 
+# Eight vCPUs on a 2-core PVM host ran past BOOT_TIMEOUT (an AMD host, in
+# CI): every CPU's kernel code runs through the emulator there.
+EIGHT_ON_PVM = pytest.mark.skipif(
+    is_pvm_host(),
+    reason="8 vCPUs boot in over 10 minutes on a 2-core KVM-on-PVM host; the lane runs this",
+)
+
+
 @pytest.mark.parametrize(
     ("vcpus", "cmdline"),
-    [(1, NO_INIT), (2, NO_INIT), (4, NO_INIT), (8, NO_INIT), (2, f"{NO_INIT} idle=poll")],
+    [
+        (1, NO_INIT),
+        (2, NO_INIT),
+        (4, NO_INIT),
+        pytest.param(8, NO_INIT, marks=EIGHT_ON_PVM),
+        (2, f"{NO_INIT} idle=poll"),
+    ],
     ids=["1", "2", "4", "8", "2-others-spinning"],
 )
 def test_n_vcpus_come_up_and_a_panic_resets_through_the_fadt(vcpus: int, cmdline: str) -> None:
