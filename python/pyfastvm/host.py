@@ -55,6 +55,9 @@ class HostProfile:
     # The guest kernel pyfastvm.run boots when given none: Debian's stock
     # kernel, or the minimal test kernel where the stock one is too slow.
     default_kernel: DefaultKernel = "stock"
+    # After a command has reported, how long the guest may take to power
+    # itself off (its kernel offlines every other vCPU first).
+    power_off_grace: float = 10.0
 
     @property
     def is_pvm(self) -> bool:
@@ -70,6 +73,8 @@ PVM = HostProfile(
     hidden_kvm_features=HYPERCALL_FEATURES,
     exit_assists=PVM_EXIT_ASSISTS,
     default_kernel="minimal",
+    # Offlining three emulated vCPUs took over 10 s on a loaded 2-core host.
+    power_off_grace=120.0,
 )
 
 

@@ -26,8 +26,6 @@ from .microvm import ConsoleSink, MicroVM, console_writer
 from .ready_snapshots import ready_machine, send_command
 
 DEFAULT_TIMEOUT = 600.0
-# After the guest has reported, how long it may take to power itself off.
-POWER_OFF_GRACE = 10.0
 
 
 @dataclass(frozen=True)
@@ -151,7 +149,7 @@ def _wait_for_report(machine: MicroVM, protocol: ConsoleProtocol, timeout: float
     """Waits for the guest's report, then for it to power off by itself."""
     if machine.wait_until(lambda: protocol.finished, timeout):
         try:
-            return machine.wait(POWER_OFF_GRACE)
+            return machine.wait(host_profile().power_off_grace)
         except GuestTimeoutError:
             return "stopped"  # it reported, but did not power off
     return machine.wait(0)
