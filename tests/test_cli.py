@@ -7,12 +7,13 @@ import subprocess
 import sys
 
 import pytest
+from boot_timeouts import MINIMAL_BOOT_TIMEOUT
 
 from pyfastvm.guest.minimal_kernel import minimal_kernel
 from pyfastvm.progress import CLEAR_LINE
 
-BOOT_TIMEOUT = 300.0
-GUEST_TIMEOUT = 240.0
+BOOT_TIMEOUT = MINIMAL_BOOT_TIMEOUT
+GUEST_TIMEOUT = BOOT_TIMEOUT - 60
 
 
 def pyfastvm_run(*args: str) -> list[str]:

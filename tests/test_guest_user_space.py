@@ -11,6 +11,7 @@ import re
 import time
 
 import pytest
+from boot_timeouts import MINIMAL_BOOT_TIMEOUT
 
 import pyfastvm
 from pyfastvm.guest.console_protocol import ConsoleProtocol, new_nonce
@@ -20,7 +21,7 @@ from pyfastvm.runner import default_kernel
 
 pytestmark = pytest.mark.hwkvm
 
-BOOT_TIMEOUT = 600.0
+BOOT_TIMEOUT = MINIMAL_BOOT_TIMEOUT
 VCPUS = 2
 FPU_LOOPS = 1_000_000
 FPU_PROCESSES = (1, 2, 3)

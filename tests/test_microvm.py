@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from boot_timeouts import MINIMAL_BOOT_TIMEOUT
 
 import pyfastvm
 from pyfastvm.boot import GuestMemoryTooSmallError, KernelFormatError
@@ -20,7 +21,7 @@ from pyfastvm.guest.minimal_kernel import minimal_kernel
 from pyfastvm.init_chain import InitStepError
 from pyfastvm.microvm import MicroVM
 
-BOOT_TIMEOUT = 300.0
+BOOT_TIMEOUT = MINIMAL_BOOT_TIMEOUT
 
 
 def test_a_text_file_is_not_a_kernel(tmp_path: Path) -> None:

@@ -11,14 +11,13 @@ import re
 import shutil
 
 import pytest
+from boot_timeouts import MINIMAL_BOOT_TIMEOUT
 from process_resources import os_threads, os_threads_after_exits
 
 import pyfastvm
 from pyfastvm.guest.minimal_kernel import minimal_kernel
 from pyfastvm.host import host_profile
 from pyfastvm.ready_snapshots import snapshot_path
-
-MINIMAL_BOOT_TIMEOUT = 300.0
 
 
 @pytest.mark.hwkvm

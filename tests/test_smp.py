@@ -9,6 +9,7 @@ import gc
 import time
 
 import pytest
+from boot_timeouts import MINIMAL_BOOT_TIMEOUT
 from kernel_log import ACPI_COMPLAINTS, cpus_brought_up
 from process_resources import open_fds, os_threads, os_threads_after_exits
 
@@ -22,7 +23,7 @@ from pyfastvm.microvm import MicroVM
 
 pytestmark = pytest.mark.hwkvm
 
-BOOT_TIMEOUT = 600.0
+BOOT_TIMEOUT = MINIMAL_BOOT_TIMEOUT
 NO_INIT = "rdinit=/none init=/none"
 
 

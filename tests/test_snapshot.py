@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from boot_timeouts import MINIMAL_BOOT_TIMEOUT
 from guests import LONG_COUNTING_LOOP, long_mode_vcpu
 from test_resume import Counter, machine, memory_counter
 from test_vcpu_state import COUNTING_MSRS
@@ -26,7 +27,7 @@ from pyfastvm.snapshot import MEMORY_FILE, METADATA_FILE, Snapshot, SnapshotErro
 
 pytestmark = pytest.mark.hwkvm
 
-BOOT_TIMEOUT = 600.0
+BOOT_TIMEOUT = MINIMAL_BOOT_TIMEOUT
 RUN_TIMEOUT = 300.0
 
 
