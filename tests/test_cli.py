@@ -12,8 +12,7 @@ from boot_timeouts import MINIMAL_BOOT_TIMEOUT
 from pyfastvm.guest.minimal_kernel import minimal_kernel
 from pyfastvm.progress import CLEAR_LINE
 
-BOOT_TIMEOUT = MINIMAL_BOOT_TIMEOUT
-GUEST_TIMEOUT = BOOT_TIMEOUT - 60
+GUEST_TIMEOUT = MINIMAL_BOOT_TIMEOUT - 60
 
 
 def pyfastvm_run(*args: str) -> list[str]:
@@ -32,7 +31,7 @@ def test_the_cli_prints_the_output_and_exits_with_the_code_quietly_off_a_termina
         "-c",
         "echo from-the-guest; exit 7",
     )
-    done = subprocess.run(command, capture_output=True, text=True, timeout=BOOT_TIMEOUT)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=MINIMAL_BOOT_TIMEOUT)
     assert (done.returncode, done.stdout) == (7, "from-the-guest\n"), done.stderr
     assert CLEAR_LINE not in done.stderr  # no progress line when stderr is not a terminal
 
@@ -47,7 +46,7 @@ def test_the_cli_shows_the_boots_progress_on_a_terminal() -> None:
         shown = b""
         while chunk := _read(controller):  # until the child closes the terminal
             shown += chunk
-        assert child.wait(BOOT_TIMEOUT) == 0
+        assert child.wait(MINIMAL_BOOT_TIMEOUT) == 0
     finally:
         os.close(controller)
     assert CLEAR_LINE.encode() in shown and b"s] booting: " in shown

@@ -22,7 +22,6 @@ from pyfastvm.runner import default_kernel
 
 pytestmark = pytest.mark.hwkvm
 
-BOOT_TIMEOUT = MINIMAL_BOOT_TIMEOUT
 VCPUS = 2
 FPU_LOOPS = 1_000_000
 FPU_PROCESSES = (1, 2, 3)
@@ -51,7 +50,7 @@ class GuestRun(NamedTuple):
 @pytest.fixture(scope="module")
 def run() -> GuestRun:
     started = time.time()
-    result = pyfastvm.run(["sh", "-c", SCRIPT], vcpus=VCPUS, timeout=BOOT_TIMEOUT)
+    result = pyfastvm.run(["sh", "-c", SCRIPT], vcpus=VCPUS, timeout=MINIMAL_BOOT_TIMEOUT)
     return GuestRun(result, started, time.time())
 
 
@@ -125,8 +124,8 @@ def test_an_nmi_while_the_command_runs_is_survived() -> None:
     overlay = build_initramfs(["sh", "-c", "sleep 2; echo survived"], nonce=nonce)
     config = pyfastvm.VMConfig(kernel=default_kernel())
     with pyfastvm.MicroVM(config, console=protocol.feed, initrd_overlay=overlay) as machine:
-        assert machine.wait_until(lambda: protocol.command_started, BOOT_TIMEOUT)
+        assert machine.wait_until(lambda: protocol.command_started, MINIMAL_BOOT_TIMEOUT)
         assert machine.context.vm.signal_msi(*NMI_TO_APIC_0)
-        assert machine.wait_until(lambda: protocol.finished, BOOT_TIMEOUT)
+        assert machine.wait_until(lambda: protocol.finished, MINIMAL_BOOT_TIMEOUT)
     assert (protocol.exit_code, protocol.stdout) == (0, b"survived\n")
     assert "NMI received for unknown reason" in machine.console

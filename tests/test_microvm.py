@@ -21,8 +21,6 @@ from pyfastvm.guest.minimal_kernel import minimal_kernel
 from pyfastvm.init_chain import InitStepError
 from pyfastvm.microvm import MicroVM
 
-BOOT_TIMEOUT = MINIMAL_BOOT_TIMEOUT
-
 
 def test_a_text_file_is_not_a_kernel(tmp_path: Path) -> None:
     text = tmp_path / "notes.txt"
@@ -45,7 +43,7 @@ def test_a_missing_initrd_is_refused_before_anything_starts(tmp_path: Path) -> N
 
 def test_a_timeout_says_where_the_guest_was() -> None:
     with MicroVM(VMConfig(kernel=minimal_kernel())) as vm:
-        vm.wait_for("Linux version", timeout=BOOT_TIMEOUT)
+        vm.wait_for("Linux version", timeout=MINIMAL_BOOT_TIMEOUT)
         with pytest.raises(pyfastvm.GuestTimeoutError, match="still running after 0.1 s") as caught:
             vm.wait(timeout=0.1)
     where = str(caught.value).split("Last console lines:\n")[1]
@@ -58,7 +56,7 @@ def test_microvm_streams_the_console_and_waits_for_text(tmp_path: Path) -> None:
     log_file = tmp_path / "console.log"
     config = VMConfig(kernel=minimal_kernel())
     with log_file.open("wb") as sink, MicroVM(config, console=sink) as vm:
-        seconds = vm.wait_for("Linux version", timeout=BOOT_TIMEOUT)
+        seconds = vm.wait_for("Linux version", timeout=MINIMAL_BOOT_TIMEOUT)
         assert seconds > 0 and "Linux version" in vm.console
         assert vm.stop_reason is None
         chunks.append(vm.console.encode())
@@ -80,7 +78,7 @@ def test_a_paused_guest_holds_still_until_resumed() -> None:
     overlay = build_initramfs(["sh", "-c", TICKER], nonce=new_nonce())
     config = VMConfig(kernel=minimal_kernel(), vcpus=2)
     with MicroVM(config, initrd_overlay=overlay) as vm:
-        vm.wait_for("tick-2", timeout=BOOT_TIMEOUT)
+        vm.wait_for("tick-2", timeout=MINIMAL_BOOT_TIMEOUT)
         vm.pause()
         assert vm.paused
         console = vm.console
@@ -88,7 +86,7 @@ def test_a_paused_guest_holds_still_until_resumed() -> None:
         assert vm.console == console
         vm.resume()
         ticks = int(re.findall(r"tick-(\d+)", console)[-1])
-        vm.wait_for(f"tick-{ticks + 2}", timeout=BOOT_TIMEOUT)
+        vm.wait_for(f"tick-{ticks + 2}", timeout=MINIMAL_BOOT_TIMEOUT)
         assert not vm.paused and vm.stop_reason is None
         vm.pause()  # and closed while paused
     assert (vm.stop_reason, vm.error) == ("stopped", None)

@@ -75,8 +75,8 @@ def test_a_guest_that_never_ends_times_out_and_is_torn_down() -> None:
 def test_a_ready_snapshot_answers_later_runs_without_booting() -> None:
     """snapshot=True: the first run boots and keeps the waiting guest in the
     cache; the next restores it and runs its own command there. Its memory
-    size is its own, so no other test's ready guest (booted in parallel by
-    another worker) is in that cache entry."""
+    size is its own, so the cache entry it clears holds no other test's
+    ready guest (test_cli's and the exit-code test's share the default)."""
     config = pyfastvm.VMConfig(kernel=minimal_kernel(), memory="192M")
     shutil.rmtree(snapshot_path(config), ignore_errors=True)
     run = functools.partial(

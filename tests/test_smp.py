@@ -23,11 +23,10 @@ from pyfastvm.microvm import MicroVM
 
 pytestmark = pytest.mark.hwkvm
 
-BOOT_TIMEOUT = MINIMAL_BOOT_TIMEOUT
 NO_INIT = "rdinit=/none init=/none"
 
 
-# Eight vCPUs on a 2-core PVM host ran past BOOT_TIMEOUT (an AMD host, in
+# Eight vCPUs on a 2-core PVM host ran past MINIMAL_BOOT_TIMEOUT (an AMD host, in
 # CI): every CPU's kernel code runs through the emulator there.
 EIGHT_ON_PVM = pytest.mark.skipif(
     is_pvm_host(),
@@ -52,7 +51,7 @@ def test_n_vcpus_come_up_and_a_panic_resets_through_the_fadt(vcpus: int, cmdline
     threads = os_threads()
     config = pyfastvm.VMConfig(kernel=minimal_kernel(), vcpus=vcpus, cmdline=cmdline)
     with MicroVM(config) as vm:
-        assert vm.wait(timeout=BOOT_TIMEOUT) == "reset"
+        assert vm.wait(timeout=MINIMAL_BOOT_TIMEOUT) == "reset"
         assert vm.stopped_by == "power-control"
     console = vm.console
     assert cpus_brought_up(console) == vcpus
@@ -84,7 +83,9 @@ def test_repeated_starts_and_teardowns_leak_nothing(vcpus: int) -> None:
 def test_nproc_sees_every_vcpu_and_the_harness_powers_off(vcpus: int) -> None:
     """Every vCPU found through the MADT and brought up, with no ACPI
     complaint on the way, and the guest's `poweroff -f` ends the VM."""
-    result = pyfastvm.run(["nproc"], kernel=minimal_kernel(), vcpus=vcpus, timeout=BOOT_TIMEOUT)
+    result = pyfastvm.run(
+        ["nproc"], kernel=minimal_kernel(), vcpus=vcpus, timeout=MINIMAL_BOOT_TIMEOUT
+    )
     assert (result.exit_code, result.stdout) == (0, f"{vcpus}\n".encode())
     assert result.stop_reason == "poweroff"
     assert cpus_brought_up(result.console) == vcpus
@@ -96,6 +97,6 @@ def test_poweroff_and_reboot_end_the_vm_with_their_reason(command: str, reason: 
     initramfs = build_initramfs([command, "-f"], nonce=new_nonce(), busybox=busybox_static())
     config = pyfastvm.VMConfig(kernel=minimal_kernel(), vcpus=2)
     with MicroVM(config, initrd_overlay=initramfs) as vm:
-        assert vm.wait(timeout=BOOT_TIMEOUT) == reason
+        assert vm.wait(timeout=MINIMAL_BOOT_TIMEOUT) == reason
         assert vm.stopped_by == "power-control"
     assert INIT_MILESTONE in vm.console  # complete once the console thread is joined

@@ -27,7 +27,6 @@ from pyfastvm.snapshot import MEMORY_FILE, METADATA_FILE, Snapshot, SnapshotErro
 
 pytestmark = pytest.mark.hwkvm
 
-BOOT_TIMEOUT = MINIMAL_BOOT_TIMEOUT
 RUN_TIMEOUT = 300.0
 
 
@@ -136,7 +135,7 @@ def template() -> Iterator[Snapshot]:
     frozen into a template."""
     config = pyfastvm.VMConfig(kernel=minimal_kernel())
     booted = pyfastvm.MicroVM(config, initrd_overlay=build_serving_initramfs()).start()
-    booted.wait_for(READY, BOOT_TIMEOUT)
+    booted.wait_for(READY, MINIMAL_BOOT_TIMEOUT)
     with booted.freeze() as frozen:
         assert booted.stop_reason == "stopped"  # the template took its place
         yield frozen
